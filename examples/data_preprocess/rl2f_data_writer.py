@@ -1,0 +1,183 @@
+"""Shared helpers of the rl2f data converters: build one verl RL row, write verl RL parquet files.
+
+Every converter in this folder turns its source into rows of verl's RL dataset format (the one
+`verl.utils.dataset.rl_dataset.RLHFDataset` reads), with the rl2f conventions:
+
+* ``data_source``: where the problem comes from, e.g. ``reasoning_gym/basic_arithmetic``, ``humaneval``.
+* ``prompt``: the student's first-turn chat messages, rendered by the rl2f task
+  (``get_task(task).render_prompt(problem, extra_info)``) so the prompt matches what the verifier extracts.
+* ``ability``: a coarse domain label (``math``, ``code``, ``arc``, ...), informational.
+* ``reward_model``: ``{"style": "rule", "ground_truth": <str>}``. The ground truth is always a string; a
+  structured one (code tests) is stored as a JSON string, which the rl2f verifiers accept. A single string
+  type keeps files of several sources concatenable.
+* ``extra_info``: ``{"task": <rl2f task name>, "index", "split", "problem"}`` plus privileged fields the
+  teacher may see (``solution``, ``hint``, ...). Values are scalars or JSON strings, never nested objects of
+  varying shape, so parquet schemas stay stable across sources.
+
+The converters import this module as a sibling (``python examples/data_preprocess/<source>.py`` puts this
+folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any, Iterable
+
+logger = logging.getLogger("rl2f.data_preprocess")
+
+#: Keys that every row's ``extra_info`` carries.
+EXTRA_INFO_TASK = "task"
+EXTRA_INFO_INDEX = "index"
+EXTRA_INFO_SPLIT = "split"
+EXTRA_INFO_PROBLEM = "problem"
+
+
+def render_prompt(task_name: str, problem: str, extra_info: dict | None = None) -> list[dict[str, str]]:
+    """The student's first-turn messages for `problem`, rendered by the registered rl2f task."""
+    from rl2f_plugin.tasks import get_task
+
+    messages = get_task(task_name).render_prompt(problem, extra_info)
+    if not isinstance(messages, list) or not messages or not all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in messages
+    ):
+        raise TypeError(f"task {task_name!r}: render_prompt returned {messages!r}, expected chat messages")
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+
+
+def make_row(*, data_source: str, task: str, problem: str, ground_truth: Any, ability: str, split: str,
+             index: int, privileged: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+             ) -> dict[str, Any]:
+    """One verl RL row. `privileged` holds teacher-only material (solution, hints); `extra` holds other
+    bookkeeping (source ids, reproduction data). Both go into ``extra_info``; non-scalar values there are
+    JSON-encoded."""
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError(f"{data_source} {split} row {index}: empty problem statement")
+    gt = ground_truth_to_str(ground_truth)
+    if not gt.strip():
+        raise ValueError(f"{data_source} {split} row {index}: empty ground truth")
+    extra_info: dict[str, Any] = {
+        EXTRA_INFO_TASK: task,
+        EXTRA_INFO_INDEX: int(index),
+        EXTRA_INFO_SPLIT: split,
+        EXTRA_INFO_PROBLEM: problem,
+    }
+    for source in (privileged or {}), (extra or {}):
+        for key, value in source.items():
+            if key in extra_info:
+                raise ValueError(f"extra_info key {key!r} is reserved")
+            extra_info[key] = _scalar_or_json(value)
+    return {
+        "data_source": data_source,
+        "prompt": render_prompt(task, problem, extra_info),
+        "ability": ability,
+        "reward_model": {"style": "rule", "ground_truth": gt},
+        "extra_info": extra_info,
+    }
+
+
+def ground_truth_to_str(ground_truth: Any) -> str:
+    if ground_truth is None:
+        return ""
+    if isinstance(ground_truth, str):
+        return ground_truth
+    if isinstance(ground_truth, (int, float)) and not isinstance(ground_truth, bool):
+        return str(ground_truth)
+    return json.dumps(ground_truth, ensure_ascii=False, sort_keys=True)
+
+
+def _scalar_or_json(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def write_parquet(rows: list[dict[str, Any]], path: str) -> str:
+    """Write `rows` (from `make_row`) as a verl RL parquet file; returns the path. Rows are re-indexed
+    ``extra_info.index = 0..n-1`` only if they have no index. Missing ``extra_info`` keys in some rows become
+    nulls (pyarrow unions the struct fields)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not rows:
+        raise ValueError(f"{path}: no rows to write")
+    # Make every row carry the same extra_info keys (None where absent) so the struct schema is the union.
+    keys: list[str] = []
+    for row in rows:
+        for k in row["extra_info"]:
+            if k not in keys:
+                keys.append(k)
+    rows = [{**row, "extra_info": {k: row["extra_info"].get(k) for k in keys}} for row in rows]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, path)
+    logger.info("wrote %d rows to %s", len(rows), path)
+    return path
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """Rows of a parquet file as python dicts (for tests and tools)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def shuffle_and_reindex(rows: list[dict[str, Any]], seed: int, split: str) -> list[dict[str, Any]]:
+    """Shuffle deterministically and set ``extra_info.index`` / ``split`` to the row position / split."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    for i, row in enumerate(rows):
+        row["extra_info"][EXTRA_INFO_INDEX] = i
+        row["extra_info"][EXTRA_INFO_SPLIT] = split
+    return rows
+
+
+def take(rows: Iterable[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    rows = list(rows)
+    return rows if limit is None or limit < 0 else rows[:limit]
+
+
+def write_splits(out_dir: str, splits: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """Write ``{split: rows}`` as ``out_dir/<split>.parquet``; returns ``{split: path}``."""
+    paths = {}
+    for split, rows in splits.items():
+        paths[split] = write_parquet(rows, os.path.join(out_dir, f"{split}.parquet"))
+        print(f"wrote {len(rows):>6d} rows -> {paths[split]}")
+    return paths
+
+
+def load_jsonl(path: str) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a bad line names the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {lineno}: not valid JSON: {exc}") from exc
+    return rows
+
+
+def load_hub_or_file(hub_name: str, *, split: str, config: str | None = None, local: str | None = None,
+                     ) -> list[dict[str, Any]]:
+    """Rows of a hub dataset (``datasets.load_dataset(hub_name, config, split=split)``) or, when `local` is
+    given, of a local ``.jsonl`` / ``.json`` / ``.parquet`` file in the same format (offline use, tests)."""
+    if local:
+        if local.endswith(".jsonl"):
+            return load_jsonl(local)
+        if local.endswith(".json"):
+            with open(local, encoding="utf-8") as fh:
+                data = json.load(fh)
+            return data if isinstance(data, list) else data[split]
+        if local.endswith(".parquet"):
+            return read_rows(local)
+        raise ValueError(f"{local}: unsupported file type (use .jsonl, .json or .parquet)")
+    import datasets
+
+    ds = datasets.load_dataset(hub_name, config, split=split) if config else datasets.load_dataset(hub_name, split=split)
+    return [dict(r) for r in ds]
