@@ -1,0 +1,1 @@
+"""rl2f's verifiers (placeholder; compute_score is added below)."""

@@ -1,0 +1,146 @@
+"""Entry point of a verifier worker process (see `reward_fns.worker_pool`). Not for direct use.
+
+Protocol (JSON lines on stdin/stdout):
+  worker -> {"ready": true}                                    once, after start-up
+  parent -> {"id", "fn", "args", "preload", "soft_timeout"}
+  worker -> {"id", "ack": true}                                after importing `preload` (not timed)
+  worker -> {"id", "ok": true, "result": ...} | {"id", "ok": false, "error": str, "timeout": bool}
+
+The worker runs each job under a soft ``setitimer`` alarm slightly shorter than the parent's hard limit, so
+most runaway jobs are interrupted cheaply; the parent kills the whole worker if the alarm cannot interrupt
+(e.g. a huge integer power inside C code).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+
+
+class JobTimeout(BaseException):
+    """Raised by the soft alarm. A BaseException so that libraries' ``except Exception`` cannot swallow it."""
+
+
+def _on_alarm(signum, frame):
+    raise JobTimeout()
+
+
+def _job_math(args: dict) -> dict:
+    from reward_fns.math_verifier import _check_in_worker
+
+    return _check_in_worker(args["gold"], args["pred"])
+
+
+def _job_rg(args: dict) -> dict:
+    from reward_fns.reasoning_gym_verifier import _score_in_worker
+
+    return _score_in_worker(args["generator"], args["answer"], args["entry"], args.get("config"))
+
+
+def _job_test_block(args: dict) -> dict:
+    """Test helper: sleep with SIGALRM blocked, i.e. a job only the parent's hard kill can stop."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(float(args.get("seconds", 60)))
+    return {"slept": True}
+
+
+def _job_test_echo(args: dict) -> dict:
+    return {"echo": args, "pid": os.getpid()}
+
+
+def _job_test_spin(args: dict) -> dict:
+    """Test helper: a pure-Python busy loop the soft alarm can interrupt."""
+    n = 0
+    while True:
+        n += 1
+
+
+JOBS = {
+    "math": _job_math,
+    "rg": _job_rg,
+    "test_block": _job_test_block,
+    "test_echo": _job_test_echo,
+    "test_spin": _job_test_spin,
+}
+
+
+def _write(out, msg: dict) -> None:
+    out.write((json.dumps(msg, default=str) + "\n").encode())
+    out.flush()
+
+
+def main() -> None:
+    memory_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    if memory_mb > 0:
+        limit = memory_mb * 1024 * 1024
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ValueError, OSError):
+            pass
+    try:  # die with the parent (Linux): a killed trainer must not leave verifiers spinning
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
+    logging.disable(logging.CRITICAL)  # math-verify logs whole inputs on timeouts; nobody reads them here
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.set_int_max_str_digits(100_000)
+    out = sys.stdout.buffer
+    inp = sys.stdin.buffer
+    try:
+        import reward_fns.math_verifier  # noqa: F401  (warm: math-verify + sympy)
+    except Exception:  # noqa: BLE001
+        pass
+    _write(out, {"ready": True})
+    for line in inp:
+        try:
+            job = json.loads(line)
+        except ValueError:
+            continue
+        job_id = job.get("id")
+        try:
+            for mod in job.get("preload") or ():
+                importlib.import_module(mod)
+        except Exception as exc:  # noqa: BLE001
+            _write(out, {"id": job_id, "ack": True})
+            _write(out, {"id": job_id, "ok": False, "error": f"import {exc!r}"[:500], "timeout": False})
+            continue
+        _write(out, {"id": job_id, "ack": True})
+        fn = JOBS.get(job.get("fn"))
+        if fn is None:
+            _write(out, {"id": job_id, "ok": False, "error": f"unknown job {job.get('fn')!r}", "timeout": False})
+            continue
+        soft = float(job.get("soft_timeout") or 0) * 0.9
+        try:
+            if soft > 0:
+                signal.setitimer(signal.ITIMER_REAL, soft)
+            result = fn(job.get("args") or {})
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            msg = {"id": job_id, "ok": True, "result": result}
+        except JobTimeout:
+            msg = {"id": job_id, "ok": False, "error": "timeout", "timeout": True}
+        except MemoryError:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            msg = {"id": job_id, "ok": False, "error": "out of memory", "timeout": False}
+        except RecursionError:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            msg = {"id": job_id, "ok": False, "error": "recursion too deep", "timeout": False}
+        except Exception as exc:  # noqa: BLE001
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            msg = {"id": job_id, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "timeout": False}
+        try:
+            _write(out, msg)
+        except JobTimeout:  # the alarm fired between the job's end and the write
+            _write(out, msg)
+
+
+if __name__ == "__main__":
+    main()

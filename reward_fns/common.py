@@ -1,0 +1,64 @@
+"""What every verifier shares: the `Verdict` it returns and the configurable limits.
+
+Limits (seconds / sizes) come from, in order: an explicit argument, the environment variable, the default.
+
+=====================  ==========================  =======  =============================================
+limit                  environment variable        default  meaning
+=====================  ==========================  =======  =============================================
+math_timeout           RL2F_MATH_TIMEOUT           5.0      wall clock per maths check (hard: worker killed)
+code_timeout           RL2F_CODE_TIMEOUT           10.0     wall clock per sandboxed program run
+code_memory_mb         RL2F_CODE_MEMORY_MB         1024     RLIMIT_AS of a sandboxed program
+rg_timeout             RL2F_RG_TIMEOUT             10.0     wall clock per reasoning-gym ``score_answer``
+max_answer_chars       RL2F_MAX_ANSWER_CHARS       2000     longer extracted answers score 0 unchecked
+=====================  ==========================  =======  =============================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_LIMITS: dict[str, float] = {
+    "math_timeout": 5.0,
+    "code_timeout": 10.0,
+    "code_memory_mb": 1024,
+    "rg_timeout": 10.0,
+    "max_answer_chars": 2000,
+}
+
+
+def limit(name: str, override: float | None = None) -> float:
+    """The value of limit `name` (see the module docstring)."""
+    if override is not None:
+        return float(override)
+    env = os.environ.get(f"RL2F_{name.upper()}")
+    if env:
+        try:
+            return float(env)
+        except ValueError as exc:
+            raise ValueError(f"environment variable RL2F_{name.upper()}={env!r} is not a number") from exc
+    return float(DEFAULT_LIMITS[name])
+
+
+@dataclass
+class Verdict:
+    """A verifier's answer. `details` holds only JSON-able, short values."""
+
+    score: float
+    reason: str = ""
+    extracted: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def correct(self) -> bool:
+        return self.score >= 1.0 - 1e-9
+
+
+def trim(text: Any, n: int = 300) -> str:
+    """`text` as a string of at most `n` characters (middle elided)."""
+    s = text if isinstance(text, str) else repr(text)
+    if len(s) <= n:
+        return s
+    half = (n - 5) // 2
+    return f"{s[:half]} ... {s[-half:]}"
