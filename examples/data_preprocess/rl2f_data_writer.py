@@ -163,21 +163,122 @@ def load_jsonl(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def load_hub_or_file(hub_name: str, *, split: str, config: str | None = None, local: str | None = None,
-                     ) -> list[dict[str, Any]]:
-    """Rows of a hub dataset (``datasets.load_dataset(hub_name, config, split=split)``) or, when `local` is
-    given, of a local ``.jsonl`` / ``.json`` / ``.parquet`` file in the same format (offline use, tests)."""
+def load_hub_or_file(hub_name: str | None, *, split: str, config: str | None = None, local: str | None = None,
+                     data_files: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a hub dataset (``datasets.load_dataset(hub_name, config, split=split)``; with `data_files`,
+    ``load_dataset("json", data_files=data_files, split="train")`` for hubs that ship raw JSON-lines) or, when
+    `local` is given, of a local ``.jsonl`` / ``.json`` / ``.parquet`` file in the same format (offline use,
+    tests). A ``.json`` file may hold a list of rows, ``{split: rows}`` or ``{"examples": rows}``."""
     if local:
         if local.endswith(".jsonl"):
             return load_jsonl(local)
         if local.endswith(".json"):
             with open(local, encoding="utf-8") as fh:
                 data = json.load(fh)
-            return data if isinstance(data, list) else data[split]
+            if isinstance(data, list):
+                return data
+            for key in (split, "examples"):
+                if isinstance(data, dict) and isinstance(data.get(key), list):
+                    return data[key]
+            raise ValueError(f"{local}: expected a list of rows, or a {split!r} / 'examples' list")
         if local.endswith(".parquet"):
             return read_rows(local)
         raise ValueError(f"{local}: unsupported file type (use .jsonl, .json or .parquet)")
     import datasets
 
+    if data_files:
+        return [dict(r) for r in datasets.load_dataset("json", data_files=data_files, split="train")]
+    if not hub_name:
+        raise SystemExit("give --hub-name (a hub dataset), --data-files or --local (a local file)")
     ds = datasets.load_dataset(hub_name, config, split=split) if config else datasets.load_dataset(hub_name, split=split)
     return [dict(r) for r in ds]
+
+
+def pick_field(record: dict[str, Any], candidates: tuple[str, ...] | list[str], *, where: str,
+               required: bool = True) -> Any:
+    """The value of the first of `candidates` present (and not null) in `record`. Hub datasets rename
+    columns between revisions; a missing field raises an error naming the record and the columns it has."""
+    for key in candidates:
+        if key in record and record[key] is not None:
+            return record[key]
+    if required:
+        raise ValueError(f"{where}: none of the fields {list(candidates)} is present "
+                         f"(fields: {', '.join(sorted(record))})")
+    return None
+
+
+def split_train_test(rows: list[dict[str, Any]], test_size: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Shuffle `rows` with `seed`, hold out `test_size` of them as ``test`` and keep the rest as ``train``
+    (``extra_info.index`` / ``split`` are rewritten). Empty splits are dropped."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    test_size = max(0, min(test_size, len(rows)))
+    out = {"train": shuffle_and_reindex(rows[test_size:], seed, "train"),
+           "test": shuffle_and_reindex(rows[:test_size], seed + 1, "test")}
+    return {k: v for k, v in out.items() if v}
+
+
+def add_common_args(parser, *, default_split: str | None = None) -> None:
+    """``--out-dir``, ``--seed``, ``--limit`` for every converter."""
+    parser.add_argument("--out-dir", required=True, help="writes OUT_DIR/<split>.parquet")
+    parser.add_argument("--seed", type=int, default=0, help="shuffling seed")
+    parser.add_argument("--limit", type=int, default=None, help="keep at most this many source problems")
+    if default_split is not None:
+        parser.add_argument("--test-size", type=int, default=None,
+                            help=f"hold out this many rows as test (default: everything goes to {default_split})")
+
+
+def finish(rows: list[dict[str, Any]], args, default_split: str) -> dict[str, str]:
+    """Split (``--test-size``) or put every row in `default_split`, then write the parquet files."""
+    if not rows:
+        raise SystemExit("no rows converted")
+    if getattr(args, "test_size", None) is not None:
+        splits = split_train_test(rows, args.test_size, args.seed)
+    else:
+        splits = {default_split: shuffle_and_reindex(rows, args.seed, default_split)}
+    return write_splits(os.path.expanduser(args.out_dir), splits)
+
+
+def add_source_args(parser, *, hub_name: str | None, hub_split: str, hub_config: str | None = None,
+                    data_files: str | None = None) -> None:
+    """``--hub-name/--hub-split/--hub-config/--data-files`` (hub) and ``--local`` (offline file) options."""
+    parser.add_argument("--hub-name", default=hub_name, help=f"hub dataset (default: {hub_name})")
+    parser.add_argument("--hub-split", default=hub_split)
+    parser.add_argument("--hub-config", default=hub_config)
+    parser.add_argument("--data-files", default=data_files,
+                        help="raw JSON-lines file(s) on the hub, e.g. hf://datasets/<owner>/<name>/test.jsonl")
+    parser.add_argument("--local", default=None, help="a local .jsonl/.json/.parquet file in the hub's format")
+
+
+def load_source(args) -> list[dict[str, Any]]:
+    return load_hub_or_file(args.hub_name, split=args.hub_split, config=args.hub_config, local=args.local,
+                            data_files=None if args.local else args.data_files)
+
+
+PROBLEM_FIELDS = ("problem", "question", "prompt", "input")
+ANSWER_FIELDS = ("answer", "final_answer", "solution_answer", "target")
+SOLUTION_FIELDS = ("solution", "reference_solution", "explanation")
+
+
+def math_record_to_row(record: dict[str, Any], *, data_source: str, index: int, split: str,
+                       where: str, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A hub maths record (problem / answer / optional worked solution) -> a ``math`` row."""
+    problem = pick_field(record, PROBLEM_FIELDS, where=where)
+    answer = pick_field(record, ANSWER_FIELDS, where=where)
+    solution = pick_field(record, SOLUTION_FIELDS, where=where, required=False)
+    extra = {k: record[k] for k in extra_keys if record.get(k) is not None}
+    return make_row(data_source=data_source, task="math", problem=str(problem), ground_truth=str(answer).strip(),
+                    ability="math", split=split, index=index,
+                    privileged={"solution": str(solution)} if solution else None, extra=extra)
+
+
+def io_ground_truth(pairs: list[dict[str, Any]], *, where: str) -> dict[str, Any]:
+    """``{"io": [{"input", "output"}, ...]}`` for stdin/stdout programs; every pair must have both strings."""
+    out = []
+    for j, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not isinstance(pair.get("input"), str) or not isinstance(pair.get("output"), str):
+            raise ValueError(f"{where}: test {j} must have string 'input' and 'output', got {str(pair)[:80]!r}")
+        out.append({"input": pair["input"], "output": pair["output"]})
+    if not out:
+        raise ValueError(f"{where}: no stdin/stdout tests")
+    return {"io": out}
