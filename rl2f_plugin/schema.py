@@ -39,11 +39,19 @@ DEFAULTS: dict[str, Any] = {
         "max_tokens": 256,
         "temperature": 0.7,
         "prompt_version": "v1",
+        # teacher == openai: any OpenAI-compatible endpoint (key read from the env var named api_key_env)
+        "openai": {"base_url": None, "model": None, "api_key_env": "OPENAI_API_KEY", "timeout_s": 60.0,
+                   "max_retries": 3, "backoff_s": 0.5, "max_concurrency": 32},
+        # teacher == execution: optionally rewrite the failing-test report with an LLM teacher (self | openai)
+        "execution": {"rewrite_with": None, "max_detail_chars": 1500},
     },
     "leak_guard": {
         "enable": True,
         "max_regenerations": 2,
         "llm_judge": False,
+        "check_spans": True,        # verifier equivalence of answer-like spans (numbers, fractions, \boxed{}, x = ...)
+        "max_spans": 64,
+        "timeout_s": 10.0,          # a leak check that takes longer counts as a leak
     },
     "world_model": {
         "coef": 0.0,                # weight of the cross-entropy on feedback tokens (0 = verl's loss exactly)

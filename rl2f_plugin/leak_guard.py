@@ -1,0 +1,161 @@
+"""Leak guard: keep the teacher from handing the student the answer.
+
+Two deterministic checks, plus an optional LLM judge:
+
+1. *String match*: each of the task's `answer_strings` is normalised (Unicode NFKC, case, whitespace, ``$``,
+   LaTeX spacing and ``\\left``/``\\right``) and searched in the normalised feedback, with word boundaries so
+   that the answer ``12`` is not found inside ``123`` or ``x12``.
+2. *Verifier equivalence*: answer-like spans of the feedback (``\\boxed{}`` contents, ``$...$`` maths, the
+   right-hand side of ``x = ...``, "the answer is ...", fractions, numbers) are checked with the task's own
+   `Task.is_equivalent`, so "x = 1/2" is caught for the answer ``0.5``.
+3. *LLM judge* (``leak_guard.llm_judge: true``): a yes/no question to an LLM (the teacher's model) with the
+   ``leak_judge`` prompt; it can only add leaks, never clear one found by 1 or 2.
+
+The checks run off the event loop (the verifier may block) and are time-bounded (``leak_guard.timeout_s``):
+a check that times out counts as a leak, so an unverifiable feedback never reaches the student.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from .prompts import render_prompt
+from .tasks.base import Task, format_ground_truth
+
+logger = logging.getLogger(__name__)
+
+#: An async text completion: (chat messages, max_tokens, temperature) -> reply text.
+CompleteFn = Callable[[list[dict[str, str]], int, float], Awaitable[str]]
+
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\\text(?:bf|rm|it)?\b|\\mathrm\b")
+_SPACE = re.compile(r"\s+")
+
+_NUMBER = re.compile(r"(?<![\w.])[-−]?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?\s*%?(?![\w])")
+_LATEX_FRAC = re.compile(r"-?\\[dt]?frac\s*\{[^{}]{1,60}\}\s*\{[^{}]{1,60}\}")
+_INLINE_MATH = re.compile(r"\$\$?([^$]{1,200}?)\$\$?")
+_RHS = re.compile(r"(?<![<>=!])=\s*([^=\n;]{1,120}?)(?=\s*(?:[,;]\s|\.\s|\.$|\n|$|\s(?:and|so|which|then|but)\s))")
+_ANSWER_IS = re.compile(r"(?:answer|result|solution)\s*(?:is|=|:|should be|would be)\s*([^\n;]{1,120}?)(?=[.;,]\s|[.;,]?$|\n)", re.I)
+
+
+def normalize(text: str) -> str:
+    """Lower-cased NFKC text with whitespace, ``$`` and LaTeX spacing/sizing noise removed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _LATEX_NOISE.sub("", text)
+    text = text.replace("$", "").replace("−", "-")
+    return _SPACE.sub("", text)
+
+
+def _contains_bounded(haystack: str, needle: str) -> bool:
+    """`needle` occurs in `haystack` not glued to a letter/digit on either side (both normalised)."""
+    if not needle:
+        return False
+    start = 0
+    while True:
+        i = haystack.find(needle, start)
+        if i < 0:
+            return False
+        before = haystack[i - 1] if i > 0 else ""
+        after = haystack[i + len(needle)] if i + len(needle) < len(haystack) else ""
+        glued_before = bool(before) and before.isalnum() and needle[0].isalnum()
+        glued_after = bool(after) and needle[-1].isalnum() and (after.isalnum() or (after == "." and haystack[i + len(needle) + 1: i + len(needle) + 2].isdigit()))
+        if not glued_before and not glued_after:
+            return True
+        start = i + 1
+
+
+def _boxed_contents(text: str) -> list[str]:
+    out = []
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            out.append(text[m.end(): i - 1])
+    return out
+
+
+def answer_like_spans(text: str, max_spans: int = 64) -> list[str]:
+    """Candidate answer spans in `text`, most specific first, deduplicated, at most `max_spans`."""
+    found: list[str] = []
+    found += _boxed_contents(text)
+    found += [m.group(0) for m in _LATEX_FRAC.finditer(text)]
+    found += [m.group(1) for m in _ANSWER_IS.finditer(text)]
+    found += [m.group(1) for m in _RHS.finditer(text)]
+    found += [m.group(1) for m in _INLINE_MATH.finditer(text)]
+    found += [m.group(0) for m in _NUMBER.finditer(text)]
+    seen, spans = set(), []
+    for s in found:
+        s = s.strip().strip(".,;:").strip()
+        key = normalize(s)
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        spans.append(s)
+        if len(spans) >= max_spans:
+            break
+    return spans
+
+
+@dataclass
+class LeakReport:
+    leaked: bool
+    reasons: list[str] = field(default_factory=list)
+    """E.g. ``"string:0.5"``, ``"equivalent:1/2"``, ``"judge"``, ``"timeout"``."""
+
+
+class LeakGuard:
+    """Checks one trajectory's feedback against its ground truth (see the module docstring)."""
+
+    def __init__(self, task: Task, ground_truth: Any, extra_info: dict | None = None, *,
+                 check_spans: bool = True, max_spans: int = 64, timeout_s: float = 10.0,
+                 llm_judge: bool = False, judge: CompleteFn | None = None, prompt_version: str = "v1"):
+        self.task = task
+        self.ground_truth = ground_truth
+        self.extra_info = extra_info or {}
+        self.check_spans = check_spans
+        self.max_spans = max_spans
+        self.timeout_s = timeout_s
+        self.llm_judge = llm_judge
+        self.judge = judge
+        self.prompt_version = prompt_version
+        self._answers = [a for a in (normalize(s) for s in task.answer_strings(ground_truth, self.extra_info)) if a]
+
+    # -- deterministic checks (sync, may block in the verifier) ---------------------------------------------
+    def check(self, feedback: str) -> LeakReport:
+        reasons: list[str] = []
+        norm = normalize(feedback)
+        for ans in self._answers:
+            if _contains_bounded(norm, ans):
+                reasons.append(f"string:{ans}")
+        if not reasons and self.check_spans:
+            for span in answer_like_spans(feedback, self.max_spans):
+                if self.task.is_equivalent(span, self.ground_truth, self.extra_info):
+                    reasons.append(f"equivalent:{span}")
+                    break
+        return LeakReport(bool(reasons), reasons)
+
+    # -- full check, off the event loop and time-bounded ----------------------------------------------------
+    async def acheck(self, feedback: str) -> LeakReport:
+        try:
+            report = await asyncio.wait_for(asyncio.to_thread(self.check, feedback), timeout=self.timeout_s)
+        except asyncio.TimeoutError:
+            logger.warning("rl2f leak guard: check timed out after %.1fs; treating the feedback as leaked", self.timeout_s)
+            return LeakReport(True, ["timeout"])
+        if report.leaked or not (self.llm_judge and self.judge is not None):
+            return report
+        prompt = render_prompt("leak_judge", self.prompt_version, answer=format_ground_truth(self.ground_truth), feedback=feedback)
+        try:
+            verdict = await asyncio.wait_for(self.judge([{"role": "user", "content": prompt}], 8, 0.0), timeout=self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - an unavailable judge must not drop the trajectory
+            logger.warning("rl2f leak guard: LLM judge failed (%s: %s); keeping the deterministic verdict", type(exc).__name__, exc)
+            return report
+        words = re.findall(r"[A-Za-z]+", verdict)
+        if words and words[0].upper() == "LEAK":
+            return LeakReport(True, ["judge"])
+        return report

@@ -1,0 +1,23 @@
+"""Teachers of the didactic loop: `self` (the policy with privileged information), `openai` (any
+OpenAI-compatible endpoint), `execution` (failing-test feedback for code), `template` (rule-based)."""
+
+from .base import (
+    TEACHER_REGISTRY,
+    CompleteFn,
+    Teacher,
+    TeacherContext,
+    TeacherError,
+    UnknownTeacherError,
+    build_teacher,
+    clean_feedback,
+    content_text,
+    get_teacher_class,
+    register_teacher,
+    render_conversation,
+)
+from . import simple, openai_teacher, execution  # noqa: E402,F401  (register the built-in teachers)
+
+__all__ = [
+    "TEACHER_REGISTRY", "CompleteFn", "Teacher", "TeacherContext", "TeacherError", "UnknownTeacherError",
+    "build_teacher", "clean_feedback", "content_text", "get_teacher_class", "register_teacher", "render_conversation",
+]

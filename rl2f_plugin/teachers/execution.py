@@ -1,0 +1,81 @@
+"""The `execution` teacher: feedback from the code verifier's report on the failing test (which test, expected
+vs got, the error), optionally rewritten into friendlier prose by an LLM teacher
+(``rl2f.teacher.execution.rewrite_with: self|openai``).
+
+It reads `VerifyResult.details` of the code task; keys it knows (any subset may be present): ``failing_test``
+/ ``test``, ``input``, ``expected``, ``got`` / ``output``, ``error`` / ``exception`` / ``traceback``,
+``stderr``, ``passed`` / ``total``. Unknown keys are listed as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..prompts import render_prompt
+from .base import Teacher, TeacherContext, clean_feedback, get_teacher_class, register_teacher
+
+EXECUTION_DEFAULTS: dict[str, Any] = {"rewrite_with": None, "max_detail_chars": 1500}
+
+_LABELS = (
+    (("failing_test", "test", "test_case"), "Failing test"),
+    (("input", "inputs", "args"), "Input"),
+    (("expected", "expected_output"), "Expected"),
+    (("got", "output", "actual", "actual_output"), "Got"),
+    (("error", "exception", "error_type"), "Error"),
+    (("traceback",), "Traceback"),
+    (("stderr",), "Stderr"),
+)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 20] + "\n... (truncated)"
+
+
+def execution_report(details: dict[str, Any], reason: str, max_chars: int = 1500) -> tuple[str, str]:
+    """(summary line, detail block) from a verifier's details."""
+    passed, total = details.get("passed"), details.get("total")
+    summary = reason.strip()
+    if passed is not None and total is not None:
+        summary = f"{passed}/{total} tests passed. {summary}".strip()
+    used: set[str] = {"passed", "total"}
+    lines: list[str] = []
+    for keys, label in _LABELS:
+        for k in keys:
+            if k in details and details[k] not in (None, ""):
+                lines.append(f"{label}:\n{_clip(str(details[k]).rstrip(), max_chars)}")
+                used.add(k)
+                break
+    for k, v in details.items():
+        if k not in used and not any(k in keys for keys, _ in _LABELS) and v not in (None, ""):
+            lines.append(f"{k}: {_clip(str(v), max_chars)}")
+    return summary, "\n".join(lines)
+
+
+@register_teacher("execution")
+class ExecutionTeacher(Teacher):
+    def __init__(self, config: dict, **kwargs):
+        super().__init__(config, **kwargs)
+        self.opts = {**EXECUTION_DEFAULTS, **(self.config.get("execution") or {})}
+        rewrite_with = self.opts["rewrite_with"]
+        self.rewriter: Teacher | None = None
+        if rewrite_with:
+            if rewrite_with == "execution":
+                raise ValueError("rl2f.teacher.execution.rewrite_with cannot be 'execution'")
+            self.rewriter = get_teacher_class(str(rewrite_with))(config, **kwargs)
+            self.uses_llm = True
+
+    async def feedback(self, ctx: TeacherContext) -> str:
+        vr = ctx.verify_result
+        summary, details = execution_report(vr.details or {}, vr.reason or "", int(self.opts["max_detail_chars"]))
+        report = render_prompt("execution_feedback", self.prompt_version, summary=summary, details=details)
+        if self.rewriter is None:
+            return clean_feedback(report, who=self.name)
+        prompt = render_prompt("execution_rewrite", self.prompt_version, problem=ctx.problem,
+                               latest_answer=ctx.latest_answer, report=report)
+        text = await self.rewriter.complete([{"role": "user", "content": prompt}], self.max_tokens, self.temperature)
+        return clean_feedback(text, who=f"{self.name}+{self.rewriter.name}")
+
+    async def complete(self, messages, max_tokens, temperature):
+        if self.rewriter is not None:
+            return await self.rewriter.complete(messages, max_tokens, temperature)
+        return await super().complete(messages, max_tokens, temperature)
