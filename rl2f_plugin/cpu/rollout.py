@@ -116,8 +116,9 @@ class HFGenerator:
     @torch.no_grad()
     def load_weights(self, named_tensors) -> tuple[int, int]:
         """Copy named tensors into the model (HF names, as verl's engines export them). Returns (#loaded, #skipped)."""
-        params = dict(self.model.named_parameters())
-        params.update(dict(self.model.named_buffers()))
+        # state_dict(keep_vars=True) lists tied weights under every name (lm_head.weight and embed_tokens.weight
+        # of SmolLM2 are one tensor); verl's engines export both names.
+        params = self.model.state_dict(keep_vars=True)
         loaded, unknown = 0, []
         items = list(named_tensors.items() if isinstance(named_tensors, dict) else named_tensors)
         for name, tensor in items:
