@@ -21,6 +21,7 @@ keys given to the loop's constructor (the ``agent_loop_config_path`` YAML entry'
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -29,6 +30,7 @@ from uuid import uuid4
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, register
 from verl.utils.profiler import simple_timer
+from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, QwenContinuousTokenBuilder
 from verl.workers.rollout.replica import TokenOutput
 
 from .. import schema
@@ -115,6 +117,12 @@ class DidacticAgentLoop(AgentLoopBase):
         base_kwargs = {k: kwargs.pop(k) for k in base_keys if k in kwargs}
         kwargs.pop("name", None)  # an agent_loop_config_path YAML entry passes its own name through hydra
         super().__init__(*args, **base_kwargs)
+        if type(self.continuous_token_builder) is ContinuousTokenBuilder and _renders_chatml(self.tokenizer):
+            # verl picks builders by model_type; ChatML models under other types (SmolLM2 is "llama") get the
+            # default builder, which drops the "\n" the template puts after a generated <|im_end|>. verl's
+            # ChatML boundary handling is the Qwen builder's: use it when the template really is ChatML.
+            self.continuous_token_builder = QwenContinuousTokenBuilder(
+                self.tokenizer, chat_template_kwargs=self.apply_chat_template_kwargs)
         self.rl2f = resolve_config(self.config, kwargs)
         self.response_length = int(self.rollout_config.response_length)
         self.max_turns = int(self.rl2f["max_turns"])
@@ -428,6 +436,22 @@ def _carry_extra_fields(extra_fields: dict, out: TokenOutput) -> None:
     for key in _SUMMED_EXTRA_KEYS:
         if key in fields and key in extra_fields:
             extra_fields[key] = int(extra_fields[key]) + int(fields[key])
+
+
+@functools.lru_cache(maxsize=16)
+def _renders_chatml(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template is ChatML with ``<|im_end|>\n`` between turns."""
+    try:
+        if tokenizer.convert_tokens_to_ids("<|im_end|>") in (None, tokenizer.unk_token_id):
+            return False
+        if len(tokenizer.encode("\n", add_special_tokens=False)) != 1:
+            return False
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+            tokenize=False)
+        return "b<|im_end|>\n<|im_start|>user\nc<|im_end|>" in text
+    except Exception:  # noqa: BLE001 - no template or an exotic one: keep verl's choice
+        return False
 
 
 def _first_user_text(messages: list[dict]) -> str:
