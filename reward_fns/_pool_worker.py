@@ -3,7 +3,8 @@
 Protocol (JSON lines on stdin/stdout):
   worker -> {"ready": true}                                    once, after start-up
   parent -> {"id", "fn", "args", "preload", "soft_timeout"}
-  worker -> {"id", "ack": true}                                after importing `preload` (not timed)
+  worker -> {"id", "ack": true}                                after importing `preload` and running the
+                                                               job's PREPARE step (not timed)
   worker -> {"id", "ok": true, "result": ...} | {"id", "ok": false, "error": str, "timeout": bool}
 
 The worker runs each job under a soft ``setitimer`` alarm slightly shorter than the parent's hard limit, so
@@ -40,7 +41,8 @@ def _job_math(args: dict) -> dict:
 def _job_rg(args: dict) -> dict:
     from reward_fns.reasoning_gym_verifier import _score_in_worker
 
-    return _score_in_worker(args["generator"], args["answer"], args["entry"], args.get("config"))
+    return _score_in_worker(args["generator"], args["answer"], args.get("entry"), args.get("config"),
+                            args.get("index"), args.get("ground_truth"))
 
 
 def _job_test_block(args: dict) -> dict:
@@ -60,6 +62,14 @@ def _job_test_spin(args: dict) -> dict:
     while True:
         n += 1
 
+
+def _prepare_rg(args: dict) -> None:
+    from reward_fns.reasoning_gym_verifier import _prepare_in_worker
+
+    _prepare_in_worker(args["generator"], args.get("config"))
+
+
+PREPARE = {"rg": _prepare_rg}
 
 JOBS = {
     "math": _job_math,
@@ -109,9 +119,12 @@ def main() -> None:
         try:
             for mod in job.get("preload") or ():
                 importlib.import_module(mod)
+            if job.get("fn") in PREPARE:  # untimed set-up (e.g. building a reasoning-gym dataset)
+                PREPARE[job["fn"]](job.get("args") or {})
         except Exception as exc:  # noqa: BLE001
             _write(out, {"id": job_id, "ack": True})
-            _write(out, {"id": job_id, "ok": False, "error": f"import {exc!r}"[:500], "timeout": False})
+            _write(out, {"id": job_id, "ok": False, "error": f"set-up failed: {type(exc).__name__}: {exc}"[:500],
+                         "timeout": False})
             continue
         _write(out, {"id": job_id, "ack": True})
         fn = JOBS.get(job.get("fn"))

@@ -1,6 +1,7 @@
 """What every verifier shares: the `Verdict` it returns and the configurable limits.
 
-Limits (seconds / sizes) come from, in order: an explicit argument, the environment variable, the default.
+Limits (seconds / sizes) come from, in order: an explicit argument, `reward_fns.set_limits` (verl's
+``reward_kwargs``), the environment variable, the default.
 
 =====================  ==========================  =======  =============================================
 limit                  environment variable        default  meaning
@@ -28,10 +29,16 @@ DEFAULT_LIMITS: dict[str, float] = {
 }
 
 
+#: Process-wide overrides set by `reward_fns.set_limits` (verl's ``reward_kwargs``); they beat the environment.
+_OVERRIDES: dict[str, float] = {}
+
+
 def limit(name: str, override: float | None = None) -> float:
     """The value of limit `name` (see the module docstring)."""
     if override is not None:
         return float(override)
+    if name in _OVERRIDES:
+        return _OVERRIDES[name]
     env = os.environ.get(f"RL2F_{name.upper()}")
     if env:
         try:

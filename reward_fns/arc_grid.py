@@ -1,0 +1,128 @@
+"""ARC-AGI style grids: parse a grid out of a reply and compare it cell by cell.
+
+A grid in a reply may be written as
+  * a JSON / Python list of lists: ``[[0, 1], [1, 0]]`` (the last one in the reply wins);
+  * rows of digits, one row per line, digits optionally separated by spaces or commas::
+
+        0 1 2
+        3 4 5
+
+    (the last block of such lines wins; a block inside the last fenced code block or ``<answer>`` tag is
+    preferred).
+The ground truth is a list of lists of ints, or a string in either of the forms above.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .common import Verdict
+from .extraction import answer_tag, last_code_block
+
+__all__ = ["parse_grid", "extract_grid", "verify_arc", "grid_to_text"]
+
+Grid = list[list[int]]
+_ROW = re.compile(r"^\s*\[?\s*\d(?:\s*[,\s]\s*\d|\d)*\s*\]?,?\s*$")
+
+
+def _is_grid(obj: Any) -> bool:
+    return (isinstance(obj, list) and len(obj) > 0 and all(isinstance(r, list) and r for r in obj)
+            and all(isinstance(c, int) and not isinstance(c, bool) for r in obj for c in r))
+
+
+def _last_bracketed_grid(text: str) -> Grid | None:
+    """The last ``[[...]]`` in `text` that parses as a list of lists of ints."""
+    end = text.rfind("]]")
+    tries = 0
+    while end >= 0 and tries < 32:
+        tries += 1
+        depth = 0
+        i = end + 1
+        start = -1
+        while i >= 0:
+            c = text[i]
+            if c == "]":
+                depth += 1
+            elif c == "[":
+                depth -= 1
+                if depth == 0:
+                    start = i
+                    break
+            i -= 1
+        if start >= 0:
+            try:
+                obj = json.loads(text[start:end + 2])
+            except ValueError:
+                obj = None
+            if _is_grid(obj):
+                return obj
+        end = text.rfind("]]", 0, end)
+    return None
+
+
+def _last_digit_block(text: str) -> Grid | None:
+    block: list[str] = []
+    best: list[str] | None = None
+    for line in text.splitlines():
+        if line.strip() and _ROW.match(line):
+            block.append(line)
+        else:
+            if block:
+                best = block
+            block = []
+    if block:
+        best = block
+    if not best:
+        return None
+    rows = [[int(d) for d in re.findall(r"\d", ln)] for ln in best]
+    return rows if _is_grid(rows) else None
+
+
+def parse_grid(text: Any) -> Grid | None:
+    """A grid from a list of lists or from text (JSON lists or digit rows); None if there is none."""
+    if _is_grid(text):
+        return [list(r) for r in text]
+    if hasattr(text, "tolist"):  # numpy arrays from parquet
+        return parse_grid(text.tolist())
+    if isinstance(text, (list, tuple)) and text and all(hasattr(r, "tolist") or isinstance(r, (list, tuple)) for r in text):
+        return parse_grid([list(r.tolist() if hasattr(r, "tolist") else r) for r in text])
+    if not isinstance(text, str):
+        return None
+    return _last_bracketed_grid(text) or _last_digit_block(text)
+
+
+def extract_grid(response: str) -> Grid | None:
+    """The student's final grid: inside the last ``<answer>`` tag or fenced block if any, else anywhere."""
+    for region in (answer_tag(response), last_code_block(response, prefer=("", "text", "json", "python"))):
+        if region:
+            grid = parse_grid(region)
+            if grid is not None:
+                return grid
+    return parse_grid(response)
+
+
+def grid_to_text(grid: Grid) -> str:
+    return "\n".join(" ".join(str(c) for c in row) for row in grid)
+
+
+def verify_arc(response: str, ground_truth: Any) -> Verdict:
+    gold = parse_grid(ground_truth)
+    if gold is None:
+        raise ValueError(f"arc ground truth is not a grid: {str(ground_truth)[:120]!r}")
+    got = extract_grid(response or "")
+    shape_exp = f"{len(gold)}x{len(gold[0])}"
+    if got is None:
+        return Verdict(0.0, "no grid found in the answer", None,
+                       {"shape_expected": shape_exp, "shape_got": "", "cells_wrong": -1})
+    shape_got = f"{len(got)}x{len(got[0])}" if all(len(r) == len(got[0]) for r in got) else "ragged"
+    details = {"shape_expected": shape_exp, "shape_got": shape_got, "cells_wrong": -1}
+    if got == gold:
+        details["cells_wrong"] = 0
+        return Verdict(1.0, "grid matches", grid_to_text(got), details)
+    if shape_got == shape_exp:
+        wrong = sum(1 for r1, r2 in zip(gold, got) for a, b in zip(r1, r2) if a != b)
+        details["cells_wrong"] = wrong
+        return Verdict(0.0, f"{wrong} of {len(gold) * len(gold[0])} cells differ", grid_to_text(got), details)
+    return Verdict(0.0, f"wrong grid size: expected {shape_exp}, got {shape_got}", grid_to_text(got), details)

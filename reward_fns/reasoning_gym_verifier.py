@@ -1,0 +1,144 @@
+"""reasoning-gym tasks (``reasoning_gym:<generator>``), scored by the generator's own ``score_answer``.
+
+How a dataset row carries what ``score_answer`` needs (written by
+``examples/data_preprocess/reasoning_gym_data.py``), all in ``extra_info``:
+
+* ``rg_dataset``: the generator name (also the part after ``reasoning_gym:`` in the task name);
+* ``rg_config``:  the generator's config as a JSON string (``dataclasses.asdict(ds.config)``, seed and size
+  included), and ``rg_index``: the entry's index. With both, the worker rebuilds the exact entry with
+  ``reasoning_gym.create_dataset(rg_dataset, **rg_config)[rg_index]``, metadata objects intact
+  (preferred: some scorers read metadata that JSON cannot hold faithfully);
+* ``rg_entry``:   the entry (``question``, ``answer``, ``metadata``) as a JSON string (used when the config
+  or index is missing, or the rebuilt entry's question differs from it);
+* with none of these, the entry is ``{"answer": ground_truth, "metadata": {}}`` (enough for generators that
+  compare against the answer only).
+
+The student's answer is the last ``<answer>...</answer>`` (reasoning-gym's convention), else the last
+``\\boxed{}``, else the last "Answer:" line. Scoring runs in a `reward_fns.worker_pool` worker, so it is
+time-bounded (``rg_timeout``) and never blocks the caller; reasoning-gym's import and the dataset build are
+not counted against that limit. Scores may be partial (in [0, 1]); only 1.0 counts as correct.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .common import Verdict, limit, trim
+from .extraction import extract_final_answer, answer_tag
+from .worker_pool import PoolError, PoolTimeout, get_pool
+
+__all__ = ["verify_reasoning_gym", "extract_rg_answer", "known_generators"]
+
+
+def known_generators() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+def extract_rg_answer(response: str) -> str | None:
+    ans = answer_tag(response or "")
+    if ans is not None:
+        return ans
+    return extract_final_answer(response or "")
+
+
+def _jsonish(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def verify_reasoning_gym(generator: str, response: str, ground_truth: Any, extra_info: dict | None = None,
+                         timeout: float | None = None) -> Verdict:
+    extra_info = extra_info or {}
+    answer = extract_rg_answer(response)
+    if answer is None:
+        return Verdict(0.0, "no final answer found (expected <answer>...</answer>)", None)
+    if len(answer) > 20 * int(limit("max_answer_chars")):
+        return Verdict(0.0, f"answer too long ({len(answer)} chars)", trim(answer, 100))
+    config = _jsonish(extra_info.get("rg_config"))
+    index = extra_info.get("rg_index")
+    entry = extra_info.get("rg_entry")
+    if isinstance(entry, dict):
+        entry = json.dumps(entry, default=str)
+    args = {
+        "generator": extra_info.get("rg_dataset") or generator,
+        "answer": answer,
+        "entry": entry if isinstance(entry, str) else None,
+        "config": config if isinstance(config, dict) else None,
+        "index": int(index) if index is not None and str(index).lstrip("-").isdigit() else None,
+        "ground_truth": None if ground_truth is None else str(ground_truth),
+    }
+    t = limit("rg_timeout", timeout)
+    try:
+        res = get_pool().call("rg", args, timeout=t, preload=("reasoning_gym",))
+    except PoolTimeout:
+        return Verdict(0.0, f"timeout: score_answer took longer than {t:g}s", answer)
+    except PoolError as exc:
+        return Verdict(0.0, f"verifier error: {trim(str(exc), 200)}", answer)
+    score = float(res["score"])
+    return Verdict(score, "correct" if score >= 1.0 else (f"partial credit {score:.2f}" if score > 0 else "incorrect"),
+                   answer, {"entry_source": res.get("entry_source", "")})
+
+
+# ------------------------------------------------------------------------------------------------------
+# Worker side
+# ------------------------------------------------------------------------------------------------------
+_DATASETS: dict[str, Any] = {}
+
+
+def _dataset(generator: str, config: dict | None):
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    key = f"{generator}|{json.dumps(config, sort_keys=True, default=str) if config else ''}"
+    if key not in _DATASETS:
+        if generator not in DATASETS:
+            raise KeyError(f"unknown reasoning-gym generator {generator!r}")
+        if config:
+            cfg = dict(config)
+            cfg.setdefault("size", 1)
+            _DATASETS[key] = reasoning_gym.create_dataset(generator, **cfg)
+        else:
+            _DATASETS[key] = reasoning_gym.create_dataset(generator, size=1, seed=0)
+    return _DATASETS[key]
+
+
+def _prepare_in_worker(generator: str, config: dict | None) -> None:
+    try:
+        _dataset(generator, config)
+    except Exception:  # noqa: BLE001 - _score_in_worker falls back to the default config
+        _dataset(generator, None)
+
+
+def _score_in_worker(generator: str, answer: str, entry_json: str | None, config: dict | None,
+                     index: int | None, ground_truth: str | None) -> dict:
+    try:
+        ds = _dataset(generator, config)
+    except Exception:  # noqa: BLE001
+        ds, config = _dataset(generator, None), None
+    stored = json.loads(entry_json) if entry_json else None
+    entry, source = None, ""
+    if config and index is not None:
+        try:
+            rebuilt = ds[index]
+            if stored is None or rebuilt.get("question") == stored.get("question"):
+                entry, source = rebuilt, "rebuilt"
+        except Exception:  # noqa: BLE001
+            entry = None
+    if entry is None and stored is not None:
+        entry, source = stored, "rg_entry"
+        entry.setdefault("metadata", {})
+    if entry is None:
+        entry, source = {"question": "", "answer": ground_truth, "metadata": {}}, "ground_truth"
+    score = ds.score_answer(answer, entry)
+    return {"score": max(0.0, min(1.0, float(score or 0.0))), "entry_source": source}
