@@ -23,6 +23,7 @@ EF_NUM_STUDENT_TURNS = "rl2f_num_student_turns"  # int
 EF_LEAK_COUNT = "rl2f_leak_count"              # int, leaks caught by the leak guard in this trajectory
 EF_LEAKED_TURNS = "rl2f_leaked_turns"          # int, feedback turns that fell back to safe feedback after leaks
 EF_FEEDBACK_TOKENS = "rl2f_feedback_tokens"    # int, number of feedback tokens in the response
+EF_FEEDBACK_TURNS = "rl2f_feedback_turns"      # int, feedback turns given (metrics fall back to student turns - 1)
 EF_TEACHER_LATENCY = "rl2f_teacher_latency_s"  # float, total seconds spent waiting for the teacher
 EF_TRUNCATED = "rl2f_truncated"                # int 0/1, the response-length budget was hit
 EF_TASK = "rl2f_task"                          # str, task name
