@@ -1,0 +1,248 @@
+"""Unit tests of rl2f's CPU backend for verl 0.9.1 (rl2f_plugin.cpu): platform, patches, hf rollout.
+
+Real verl classes throughout (PlatformRegistry, EngineRegistry, RolloutReplicaRegistry, RolloutConfig, the real
+``initialize_global_process_group_ray``); the model is a tiny random Llama built in-process (no download).
+verl caches its platform per process, so tests that need ``VERL_PLATFORM=cpu`` run in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import rl2f_plugin  # noqa: F401  (registers the backend, as verl's entry point does)
+from rl2f_plugin.cpu import patches
+from rl2f_plugin.cpu.platform import PlatformCPU
+from rl2f_plugin.cpu.rollout import HFGenerator, HFRolloutServer, server_actor_name, weights_checksum
+
+
+def _run_py(code: str, timeout: int = 120, **env) -> str:
+    full_env = {**os.environ, "VERL_PLATFORM": "cpu", **env}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    assert proc.returncode == 0, f"subprocess failed:\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+# ------------------------------------------------------------------ platform -----------------------------------
+def test_cpu_platform_is_registered_and_behaves_like_a_cpu():
+    from verl.plugin.platform.platform_manager import PlatformRegistry
+
+    assert PlatformRegistry.get("cpu") is PlatformCPU
+    p = PlatformCPU()
+    assert p.device_name == "cpu" and p.communication_backend_name() == "gloo"
+    assert p.current_device() == "cpu"  # verl's get_device_id() -> usable as a torch device
+    assert torch.zeros(2).to(p.current_device()).device.type == "cpu"
+    assert p.is_platform_available(use_smi_check=True) is False  # only VERL_PLATFORM=cpu selects it
+    assert p.is_ipc_supported() is False
+    dm = p.device_module
+    assert dm.max_memory_allocated() > 0 and dm.memory_allocated() > 0  # process RSS, not a fake 0
+    free, total = dm.mem_get_info()
+    assert 0 < free <= total
+
+
+def test_verl_platform_env_selects_cpu_everywhere_in_verl():
+    out = _run_py("""
+        import json, torch
+        import verl
+        from verl.utils.device import get_device_id, get_device_name, get_nccl_backend, get_torch_device
+        from verl.workers.engine import EngineRegistry
+        from verl.workers.rollout.replica import RolloutReplicaRegistry
+        from verl.workers.rollout.base import get_rollout_class
+        t = torch.ones(3).to(get_device_id())
+        print(json.dumps({
+            "name": get_device_name(), "id": str(get_device_id()), "backend": get_nccl_backend(),
+            "tensor_device": str(t.device), "dev": str(torch.device(get_device_id())),
+            "engine": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__,
+            "value_engine": EngineRegistry.get_engine_cls("value_model", "fsdp").__name__,
+            "replica": RolloutReplicaRegistry.get("hf").__name__,
+            "adapter": get_rollout_class("hf", "async").__name__,
+            "peak_mem": get_torch_device().max_memory_allocated(),
+        }))
+    """)
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["name"] == "cpu" and got["id"] == "cpu" and got["backend"] == "gloo"
+    assert got["tensor_device"] == "cpu" and got["dev"] == "cpu"
+    assert got["engine"] == "FSDPEngineWithLMHead" and got["value_engine"] == "FSDPEngineWithValueHead"
+    assert got["replica"] == "HFRolloutReplica" and got["adapter"] == "HFServerAdapter"
+    assert got["peak_mem"] > 0
+
+
+# ------------------------------------------------------------------ patches ------------------------------------
+def test_version_guard_fails_loudly_on_other_verl(monkeypatch):
+    with pytest.raises(patches.VerlVersionError, match=r"gloo_default_backend.*verl==0\.9\.1.*0\.9\.2"):
+        patches.require_verl_version("gloo_default_backend", version="0.9.2")
+    patches.require_verl_version("gloo_default_backend")  # the installed verl is the supported one
+
+    import verl
+
+    monkeypatch.setattr(verl, "__version__", "0.10.0")
+    import types
+
+    fake = types.SimpleNamespace(initialize_global_process_group_ray=lambda timeout_second=None, backend=None: None)
+    with pytest.raises(patches.VerlVersionError, match="0.10.0"):
+        patches.patch_gloo_default_backend(fake)
+    with pytest.raises(patches.VerlVersionError):
+        patches.install()
+
+
+def test_gloo_patch_is_applied_and_initialises_a_cpu_process_group():
+    out = _run_py("""
+        import os, json, torch
+        import verl
+        import verl.utils.distributed as d
+        os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+        # verl's own function, unpatched, builds "cpu:gloo,cpu:gloo" on the cpu platform and torch refuses it:
+        try:
+            d.initialize_global_process_group_ray.__wrapped_original__(timeout_second=None)
+            original_error = None
+        except Exception as e:
+            original_error = str(e)
+        d.initialize_global_process_group_ray(timeout_second=60)   # what verl's TrainingWorker calls
+        print(json.dumps({"patch": d.initialize_global_process_group_ray.__rl2f_patch__,
+                          "backend": torch.distributed.get_backend(), "original_error": original_error,
+                          "threads": torch.get_num_threads()}))
+        torch.distributed.destroy_process_group()
+    """, OMP_NUM_THREADS="1", RL2F_CPU_TRAIN_THREADS="2")
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["patch"] == "gloo_default_backend"
+    assert got["backend"] == "gloo"
+    assert got["original_error"] and "Duplicate device type" in got["original_error"]
+    assert got["threads"] == 2
+
+
+def test_when_imported_runs_callback_once_after_import(tmp_path, monkeypatch):
+    mod = tmp_path / "rl2f_hook_probe_mod.py"
+    mod.write_text("VALUE = 41\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    patches.when_imported("rl2f_hook_probe_mod", lambda m: seen.append(m.VALUE + 1))
+    assert seen == []
+    import rl2f_hook_probe_mod  # noqa: F401
+
+    assert seen == [42]
+    patches.when_imported("rl2f_hook_probe_mod", lambda m: seen.append("again"))  # already imported: runs now
+    assert seen == [42, "again"]
+    sys.modules.pop("rl2f_hook_probe_mod", None)
+
+
+# ------------------------------------------------------------------ hf rollout ---------------------------------
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(cfg)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    GenerationConfig(eos_token_id=2, pad_token_id=0, bos_token_id=1).save_pretrained(path)
+    return str(path)
+
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [20, 21, 22, 23]]
+
+
+def test_generator_batched_greedy_matches_single_and_logprobs_are_real(tiny_model_dir):
+    gen = HFGenerator(tiny_model_dir)
+    batched = gen.generate_batch(PROMPTS, max_new_tokens=8, temperature=0.0, ignore_eos=True)
+    for prompt, (ids, lps, reason) in zip(PROMPTS, batched):
+        single_ids, single_lps, _ = gen.generate_batch([prompt], max_new_tokens=8, temperature=0.0, ignore_eos=True)[0]
+        assert ids == single_ids and len(ids) == 8 and reason == "length"
+        # log-probs are the model's own: recompute them by teacher forcing
+        with torch.no_grad():
+            logits = gen.model(torch.tensor([prompt + ids])).logits[0].float()
+        ref = torch.log_softmax(logits, -1)[len(prompt) - 1 : -1].gather(1, torch.tensor(ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(lps), ref, atol=1e-4)
+        assert torch.allclose(torch.tensor(single_lps), ref, atol=1e-4)
+
+
+def test_generator_stops_at_stop_token_and_respects_budget(tiny_model_dir):
+    gen = HFGenerator(tiny_model_dir)
+    ids, _, _ = gen.generate_batch([PROMPTS[0]], max_new_tokens=6, temperature=0.0, ignore_eos=True)[0]
+    stop = ids[2]
+    ids2, lps2, reason = gen.generate_batch([PROMPTS[0]], max_new_tokens=6, temperature=0.0, stop_token_ids=[stop])[0]
+    assert ids2[-1] == stop and len(ids2) == ids.index(stop) + 1 and reason == "stop" and len(lps2) == len(ids2)
+    sampled = gen.generate_batch(PROMPTS, max_new_tokens=5, temperature=1.0, top_p=0.9, top_k=20, seed=3)
+    assert all(1 <= len(r[0]) <= 5 and len(r[0]) == len(r[1]) for r in sampled)
+
+
+def test_weight_update_changes_generation_and_is_validated(tiny_model_dir):
+    gen = HFGenerator(tiny_model_dir)
+    before = gen.generate_batch(PROMPTS, max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    version, checksum = gen.weights_version, gen.checksum
+    # the actor exports HF names; tied embeddings come as both embed_tokens.weight and lm_head.weight
+    new_state = {k: v.clone() for k, v in gen.model.state_dict().items()}
+    assert "lm_head.weight" in new_state
+    torch.manual_seed(1)
+    for k in new_state:
+        if new_state[k].is_floating_point() and "norm" not in k:
+            new_state[k] = new_state[k] + 0.5 * torch.randn_like(new_state[k])
+    loaded, _ = gen.load_weights(list(new_state.items()))
+    assert loaded == len(new_state)
+    assert gen.weights_version == version + 1 and gen.checksum != checksum
+    assert gen.checksum == pytest.approx(weights_checksum(new_state.items()))
+    after = gen.generate_batch(PROMPTS, max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    assert [r[1] for r in after] != [r[1] for r in before]
+    with pytest.raises(ValueError, match="model.norm.weight.*shape"):
+        gen.load_weights({"model.norm.weight": torch.zeros(3)})
+    with pytest.raises(KeyError, match="no_such.weight"):
+        gen.load_weights({"no_such.weight": torch.zeros(3)})
+
+
+def test_server_batches_concurrent_requests_and_tags_weight_version(tiny_model_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from verl.workers.config import RolloutConfig
+    from verl.workers.rollout.replica import TokenOutput
+
+    log = tmp_path / "rollout.jsonl"
+    monkeypatch.setenv("RL2F_CPU_ROLLOUT_LOG", str(log))
+    config = RolloutConfig(name="hf", prompt_length=16, response_length=6, max_num_seqs=8)
+    server = HFRolloutServer(config, SimpleNamespace(path=tiny_model_dir), replica_rank=0)
+    params = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+
+    async def wave():
+        return await asyncio.gather(*[server.generate(f"r{i}", prompt_ids=p, sampling_params=dict(params))
+                                      for i, p in enumerate(PROMPTS)])
+
+    async def scenario():
+        outs1 = await wave()
+        state = {k: v + 0.3 for k, v in server.gen.model.state_dict().items()}
+        status = await server.update_weights(state, global_steps=1)
+        outs2 = await wave()
+        return outs1, status, outs2
+
+    outs1, status, outs2 = asyncio.run(scenario())
+    assert all(isinstance(o, TokenOutput) for o in outs1 + outs2)
+    assert all(1 <= len(o.token_ids) <= 6 and len(o.log_probs) == len(o.token_ids) for o in outs1 + outs2)
+    assert {o.extra_fields["global_steps"] for o in outs1} == {0}
+    assert {o.extra_fields["global_steps"] for o in outs2} == {1}
+    assert status["weights_version"] == 1
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    batches = [e for e in events if e["event"] == "generate_batch"]
+    assert [b["size"] for b in batches] == [3, 3]  # one batched generate per wave of concurrent requests
+    assert batches[1]["checksum"] == status["checksum"] != batches[0]["checksum"]
+
+
+def test_server_rejects_prompt_longer_than_context(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from verl.workers.config import RolloutConfig
+
+    server = HFRolloutServer(RolloutConfig(name="hf", prompt_length=4, response_length=2), SimpleNamespace(path=tiny_model_dir))
+    with pytest.raises(ValueError, match="max_model_len=6"):
+        asyncio.run(server.generate("x", prompt_ids=list(range(3, 10)), sampling_params={}))
+
+
+def test_server_actor_names_are_unique_per_kind():
+    assert server_actor_name(0) != server_actor_name(0, kind="reward") != server_actor_name(1)
