@@ -93,12 +93,8 @@ def main() -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ValueError, OSError):
             pass
-    try:  # die with the parent (Linux): a killed trainer must not leave verifiers spinning
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
+    # No PR_SET_PDEATHSIG: it fires when the *thread* that spawned us exits (e.g. an executor thread), not the
+    # process. A dead parent closes our stdin instead, and the loop below ends; the soft alarm bounds any job.
     logging.disable(logging.CRITICAL)  # math-verify logs whole inputs on timeouts; nobody reads them here
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -85,7 +85,7 @@ def answer_line(text: str) -> str | None:
     if rest.startswith("\n"):  # "Answer:\n 42" -> next non-empty line
         rest = rest.lstrip("\n \t")
     line = rest.split("\n", 1)[0].strip().strip("*_").strip()
-    if line.endswith(".") and not re.search(r"\d\.$", line[-2:] if len(line) > 1 else line):
+    if line.endswith(".") and not line.endswith(".."):  # sentence-final period
         line = line[:-1].rstrip()
     return line or None
 
