@@ -2,9 +2,10 @@
 
 Two deterministic checks, plus an optional LLM judge:
 
-1. *String match*: each of the task's `answer_strings` is normalised (Unicode NFKC, case, whitespace, ``$``,
-   LaTeX spacing and ``\\left``/``\\right``) and searched in the normalised feedback, with word boundaries so
-   that the answer ``12`` is not found inside ``123`` or ``x12``.
+1. *String match*: each of the task's `answer_strings` is normalised (Unicode NFKC, case, ``$``, LaTeX spacing
+   and ``\\left``/``\\right``) and searched in the normalised feedback with word boundaries, so the answer
+   ``12`` is not found inside ``123`` or ``x12``; answers of 4+ characters are also matched with all
+   whitespace removed (``1 / 2`` vs ``1/2``).
 2. *Verifier equivalence*: answer-like spans of the feedback (``\\boxed{}`` contents, ``$...$`` maths, the
    right-hand side of ``x = ...``, "the answer is ...", fractions, numbers) are checked with the task's own
    `Task.is_equivalent`, so "x = 1/2" is caught for the answer ``0.5``.
@@ -42,12 +43,13 @@ _RHS = re.compile(r"(?<![<>=!])=\s*([^=\n;]{1,120}?)(?=\s*(?:[,;]\s|\.\s|\.$|\n|
 _ANSWER_IS = re.compile(r"(?:answer|result|solution)\s*(?:is|=|:|should be|would be)\s*([^\n;]{1,120}?)(?=[.;,]\s|[.;,]?$|\n)", re.I)
 
 
-def normalize(text: str) -> str:
-    """Lower-cased NFKC text with whitespace, ``$`` and LaTeX spacing/sizing noise removed."""
+def normalize(text: str, *, keep_spaces: bool = False) -> str:
+    """Lower-cased NFKC text with ``$`` and LaTeX spacing/sizing noise removed; whitespace removed, or collapsed
+    to single spaces with ``keep_spaces`` (which keeps word boundaries for short answers such as ``B``)."""
     text = unicodedata.normalize("NFKC", text).lower()
-    text = _LATEX_NOISE.sub("", text)
-    text = text.replace("$", "").replace("−", "-")
-    return _SPACE.sub("", text)
+    text = _LATEX_NOISE.sub(" ", text)
+    text = text.replace("$", " ").replace("−", "-")
+    return _SPACE.sub(" ", text).strip() if keep_spaces else _SPACE.sub("", text)
 
 
 def _contains_bounded(haystack: str, needle: str) -> bool:
@@ -124,15 +126,17 @@ class LeakGuard:
         self.llm_judge = llm_judge
         self.judge = judge
         self.prompt_version = prompt_version
-        self._answers = [a for a in (normalize(s) for s in task.answer_strings(ground_truth, self.extra_info)) if a]
+        answers = [str(a) for a in task.answer_strings(ground_truth, self.extra_info) if str(a).strip()]
+        #: (spaced form, compact form or None): short answers are only matched with word boundaries intact.
+        self._answers = [(normalize(a, keep_spaces=True), normalize(a) if len(normalize(a)) >= 4 else None) for a in answers]
 
     # -- deterministic checks (sync, may block in the verifier) ---------------------------------------------
     def check(self, feedback: str) -> LeakReport:
         reasons: list[str] = []
-        norm = normalize(feedback)
-        for ans in self._answers:
-            if _contains_bounded(norm, ans):
-                reasons.append(f"string:{ans}")
+        spaced, compact = normalize(feedback, keep_spaces=True), normalize(feedback)
+        for ans_spaced, ans_compact in self._answers:
+            if _contains_bounded(spaced, ans_spaced) or (ans_compact and _contains_bounded(compact, ans_compact)):
+                reasons.append(f"string:{ans_spaced}")
         if not reasons and self.check_spans:
             for span in answer_like_spans(feedback, self.max_spans):
                 if self.task.is_equivalent(span, self.ground_truth, self.extra_info):

@@ -11,7 +11,6 @@ inference server can run here.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 
 import pytest
@@ -24,13 +23,6 @@ from rl2f_plugin.tasks import Task, UnknownTaskError, VerifyResult, get_task, re
 from rl2f_plugin.teachers import TeacherError
 from verl.utils.tokenizer.chat_template import apply_chat_template
 from verl.utils.tokenizer.tokenizer import normalize_token_ids
-
-if importlib.util.find_spec("rl2f_plugin.tasks.builtin") is None:  # built-in tasks not merged yet
-    import sys
-    import types
-
-    sys.modules["rl2f_plugin.tasks.builtin"] = types.ModuleType("rl2f_plugin.tasks.builtin")
-
 
 @register_task("rl2f_test_int")
 class IntAnswerTask(Task):
