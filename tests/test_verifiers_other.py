@@ -1,0 +1,128 @@
+"""ARC grids, exact match, multiple choice and reasoning-gym verification (real reasoning-gym generators)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from reward_fns.arc_grid import extract_grid, parse_grid, verify_arc
+from reward_fns.exact_match import choice_letter, normalize_text, parse_options, verify_choice, verify_exact
+from reward_fns.reasoning_gym_verifier import extract_rg_answer, verify_reasoning_gym
+
+GRID = [[0, 1, 2], [3, 4, 5]]
+
+
+# ------------------------------------------------------------------------------------------------- ARC
+@pytest.mark.parametrize("reply", [
+    "The rule is a shift.\n<answer>\n0 1 2\n3 4 5\n</answer>",
+    "Output:\n```\n012\n345\n```",
+    "Answer: [[0, 1, 2], [3, 4, 5]]",
+    "first guess [[9]] ... final: [[0,1,2],[3,4,5]]",
+    "0,1,2\n3,4,5",
+    "[0, 1, 2]\n[3, 4, 5]",
+])
+def test_arc_equivalent_forms(reply):
+    v = verify_arc(reply, GRID)
+    assert v.score == 1.0, (reply, v)
+
+
+@pytest.mark.parametrize("reply,reason", [
+    ("<answer>\n0 1 2\n3 4 6\n</answer>", "1 of 6 cells differ"),
+    ("<answer>\n0 1\n3 4\n</answer>", "wrong grid size"),
+    ("I am not sure.", "no grid"),
+    ("[[0, 1, 2], [3, 4, 5], [0, 0, 0]]", "wrong grid size"),
+])
+def test_arc_wrong(reply, reason):
+    v = verify_arc(reply, json.dumps(GRID))
+    assert v.score == 0.0 and reason in v.reason
+
+
+def test_arc_ground_truth_forms_and_errors():
+    assert parse_grid("0 1 2\n3 4 5") == GRID
+    assert parse_grid(json.dumps(GRID)) == GRID
+    assert extract_grid("<answer>[[1]]</answer> and later text [[2]]") == [[1]]
+    with pytest.raises(ValueError, match="not a grid"):
+        verify_arc("[[1]]", "no grid here")
+
+
+# ------------------------------------------------------------------------------------------ exact match
+@pytest.mark.parametrize("reply,gold,score", [
+    ("Answer: Paris", "paris", 1.0),
+    ("Answer: **The Eiffel Tower.**", "Eiffel Tower", 1.0),
+    ("\\boxed{\\text{blue}}", "Blue", 1.0),
+    ("Answer: 1,000", "1000", 1.0),
+    ("Answer: 3.50", "3.5", 1.0),
+    ("lots of text\nfinal line: apple", "final line: apple", 1.0),
+    ("Answer: \"yes\"", "Yes", 1.0),
+    ("Answer: London", "Paris", 0.0),
+    ("Answer: 3.51", "3.5", 0.0),
+    ("Answer: not valid", ["valid", "Valid!"], 0.0),
+    ("Answer: valid", ["invalid", "valid"], 1.0),
+])
+def test_exact(reply, gold, score):
+    assert verify_exact(reply, gold).score == score
+
+
+def test_normalize_text():
+    assert normalize_text("  The  Big   Apple. ") == "big apple"
+    assert normalize_text("$\\text{ok}$") == "ok"
+
+
+# -------------------------------------------------------------------------------------- multiple choice
+OPTS = {"options": ["Paris", "London", "Rome", "Berlin"]}
+
+
+@pytest.mark.parametrize("reply,score", [
+    ("Answer: (B)", 1.0), ("Answer: B", 1.0), ("Answer: b) London", 1.0), ("B. London", 1.0),
+    ("Answer: London", 1.0), ("The answer is B.", 1.0), ("Option B", 1.0), ("\\boxed{B}", 1.0),
+    ("Answer: (A)", 0.0), ("Answer: Paris", 0.0), ("Answer: D", 0.0), ("Answer: Madrid", 0.0),
+])
+def test_choice_with_options(reply, score):
+    for gold in ("B", "(B)", "London"):
+        assert verify_choice(reply, gold, OPTS).score == score, (reply, gold)
+
+
+def test_choice_without_options_and_option_formats():
+    assert verify_choice("Answer: (C)", "(C)").score == 1.0
+    assert verify_choice("Answer: c", "C").score == 1.0
+    assert verify_choice("Answer: (D)", "(C)").score == 0.0
+    assert parse_options({"choices": json.dumps({"A": "x", "B": "y"})}) == {"A": "x", "B": "y"}
+    assert parse_options({"options": ["(A) x", "(B) y"]}) == {"A": "x", "B": "y"}
+    assert choice_letter("a cat", {"A": "a dog", "B": "a cat"}) == "B"  # option text beats the article
+    with pytest.raises(ValueError, match="neither an option letter"):
+        verify_choice("Answer: A", "Madrid", OPTS)
+
+
+# ---------------------------------------------------------------------------------------- reasoning-gym
+def _row(name: str, idx: int = 1):
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset(name, size=4, seed=11)
+    e = ds[idx]
+    extra = {"rg_dataset": name, "rg_index": idx,
+             "rg_config": json.dumps(dataclasses.asdict(ds.config), default=str),
+             "rg_entry": json.dumps({"question": e["question"], "answer": e["answer"], "metadata": e["metadata"]},
+                                    default=str)}
+    return e, extra
+
+
+@pytest.mark.parametrize("name", ["basic_arithmetic", "chain_sum", "maze", "fraction_simplification", "arc_1d"])
+def test_reasoning_gym_generators(name):
+    e, extra = _row(name)
+    right = verify_reasoning_gym(name, f"Let me see.\n<answer>{e['answer']}</answer>", e["answer"], extra)
+    assert right.score == 1.0 and right.details["entry_source"] == "rebuilt", right
+    wrong = verify_reasoning_gym(name, "<answer>certainly not this 98765</answer>", e["answer"], extra)
+    assert wrong.score < 1.0
+    only_entry = verify_reasoning_gym(name, f"<answer>{e['answer']}</answer>", e["answer"], {"rg_entry": extra["rg_entry"]})
+    assert only_entry.score == 1.0 and only_entry.details["entry_source"] == "rg_entry"
+    none = verify_reasoning_gym(name, "no tags here", e["answer"], extra)
+    assert none.score == 0.0 and none.extracted is None and "no final answer" in none.reason
+
+
+def test_reasoning_gym_answer_extraction_and_fallback():
+    assert extract_rg_answer("<answer> 5 </answer>") == "5"
+    assert extract_rg_answer("\\boxed{6}") == "6"
+    v = verify_reasoning_gym("basic_arithmetic", "<answer>-4</answer>", "-4", {})
+    assert v.score == 1.0 and v.details["entry_source"] == "ground_truth"
