@@ -23,8 +23,10 @@ TASK = "arc"
 
 
 def grid_to_text(grid) -> str:
-    rows = grid.tolist() if hasattr(grid, "tolist") else grid
-    return "\n".join(" ".join(str(int(c)) for c in row) for row in rows)
+    """The grid as the ``arc`` verifier prints and parses grids (reward_fns.arc_grid)."""
+    from reward_fns.arc_grid import grid_to_text as _to_text
+
+    return _to_text(grid_to_list(grid))
 
 
 def grid_to_list(grid) -> list[list[int]]:

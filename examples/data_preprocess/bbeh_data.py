@@ -21,7 +21,14 @@ from rl2f_data_writer import add_common_args, add_source_args, finish, load_sour
 
 HUB_NAME = "BBEH/bbeh"
 _CHOICE = re.compile(r"^\(?([A-Z])\)?$")
+_OPTION_LINE = re.compile(r"^\s*\(([A-Z])\)\s*(.+?)\s*$", re.M)
 TASK_FIELDS = ("task", "task_name", "subset", "category")
+
+
+def parse_options(question: str) -> dict[str, str]:
+    """``(A) text`` lines of a question -> {"A": "text", ...} (the ``choice`` verifier maps answers given as
+    the option's text back to its letter)."""
+    return {m.group(1): m.group(2) for m in _OPTION_LINE.finditer(question)}
 
 
 def task_for_target(target: str) -> str:
@@ -38,9 +45,12 @@ def convert(records: list[dict], bbeh_task: str | None = None, keep: set[str] | 
             continue
         question = str(pick_field(rec, ("input", "question"), where=where))
         target = str(pick_field(rec, ("target", "answer"), where=where)).strip()
-        rows.append(make_row(data_source=f"bbeh/{name}", task=task_for_target(target), problem=question,
-                             ground_truth=target, ability="reasoning", split="test", index=len(rows),
-                             extra={"bbeh_task": name}))
+        task = task_for_target(target)
+        extra = {"bbeh_task": name}
+        if task == "choice" and parse_options(question):
+            extra["options"] = parse_options(question)
+        rows.append(make_row(data_source=f"bbeh/{name}", task=task, problem=question, ground_truth=target,
+                             ability="reasoning", split="test", index=len(rows), extra=extra))
     return rows
 
 

@@ -60,7 +60,7 @@ def convert(records: list[dict], min_rating: int | None = None, max_rating: int 
         rows.append(make_row(
             data_source="codeforces", task="code", problem=problem_text(rec),
             ground_truth=io_ground_truth(tests, where=where), ability="code", split="test", index=len(rows),
-            extra={"problem_id": rec.get("id"), "rating": rating, "tags": rec.get("tags"),
+            extra={"io_mode": True, "problem_id": rec.get("id"), "rating": rating, "tags": rec.get("tags"),
                    "time_limit": rec.get("time_limit"), "memory_limit": rec.get("memory_limit")}))
     return rows, skipped
 

@@ -77,7 +77,7 @@ def convert(records: list[dict], private_tests: bool = False, since: str | None 
             data_source=f"livecodebench/{rec.get('platform', 'unknown')}", task="code",
             problem=problem_text(rec), ground_truth=io_ground_truth(tests, where=where), ability="code",
             split="test", index=len(rows),
-            extra={"question_id": rec.get("question_id"), "contest_date": rec.get("contest_date"),
+            extra={"io_mode": True, "question_id": rec.get("question_id"), "contest_date": rec.get("contest_date"),
                    "difficulty": rec.get("difficulty")}))
     return rows, skipped
 
