@@ -2,9 +2,9 @@
 vs got, the error), optionally rewritten into friendlier prose by an LLM teacher
 (``rl2f.teacher.execution.rewrite_with: self|openai``).
 
-It reads `VerifyResult.details` of the code task; keys it knows (any subset may be present): ``failing_test``
-/ ``test``, ``input``, ``expected``, ``got`` / ``output``, ``error`` / ``exception`` / ``traceback``,
-``stderr``, ``passed`` / ``total``. Unknown keys are listed as they are.
+It reads `VerifyResult.details` of the code task (`reward_fns.code_sandbox`); keys it knows (any subset may be
+present): ``status``, ``tests_passed`` / ``tests_total``, ``failing_test``, ``input``, ``expected``, ``got``,
+``error`` / ``traceback`` / ``stderr``. Unknown keys are listed as they are.
 """
 
 from __future__ import annotations
@@ -33,11 +33,16 @@ def _clip(text: str, n: int) -> str:
 
 def execution_report(details: dict[str, Any], reason: str, max_chars: int = 1500) -> tuple[str, str]:
     """(summary line, detail block) from a verifier's details."""
-    passed, total = details.get("passed"), details.get("total")
-    summary = reason.strip()
-    if passed is not None and total is not None:
+    passed = details.get("tests_passed", details.get("passed"))
+    total = details.get("tests_total", details.get("total"))
+    summary = reason.strip() or str(details.get("status", "")).replace("_", " ")
+    if summary and not summary.endswith((".", "!", "?")):
+        summary += "."
+    if summary:
+        summary = summary[0].upper() + summary[1:]
+    if passed is not None and total and "passed" not in summary:
         summary = f"{passed}/{total} tests passed. {summary}".strip()
-    used: set[str] = {"passed", "total"}
+    used: set[str] = {"passed", "total", "tests_passed", "tests_total", "status", "seconds", "elapsed"}
     lines: list[str] = []
     for keys, label in _LABELS:
         for k in keys:
