@@ -1,0 +1,146 @@
+"""Verifier throughput: maths through rl2f's verifier vs math-verify called directly, and the code sandbox's
+per-call overhead vs a plain ``python -c`` subprocess.
+
+    python benchmarks/bench_rewards.py            # defaults: 300 maths pairs, 30 code runs
+    python benchmarks/bench_rewards.py --math-n 1000 --code-n 100
+
+Maths: the same answer pairs (all textually different, so none takes the no-hop fast path) are checked
+  (a) directly: ``math_verify.verify(parse(gold), parse(pred))`` in this process's main thread;
+  (b) through ``reward_fns.math_verifier.check_math_answer`` from one caller thread (one job at a time over
+      the worker pipe) and from as many threads as the pool has workers.
+Code: the same tiny function + 3 asserts run
+  (a) plainly: ``subprocess.run([python, "-c", code + tests])``;
+  (b) in the sandbox (``run_code``) with the isolation this machine allows, and with the audit hook only.
+Figures are wall-clock on whatever machine runs this; compare ratios, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import random
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+
+def math_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    pairs = []
+    while len(pairs) < n:
+        a, b = rng.randint(1, 99), rng.randint(2, 99)
+        f = Fraction(a, b)
+        kind = rng.randrange(6)
+        if kind == 0:
+            pairs.append((f"\\frac{{{f.numerator}}}{{{f.denominator}}}", f"{f.numerator}/{f.denominator}"))
+        elif kind == 1:
+            pairs.append((str(a * 1000), f"{a},000"))
+        elif kind == 2:
+            pairs.append((f"{a}\\sqrt{{2}}", f"\\sqrt{{{2 * a * a}}}"))
+        elif kind == 3:
+            pairs.append((f"x^2+{2 * a}x+{a * a}", f"(x+{a})^2"))
+        elif kind == 4:
+            pairs.append((f"\\{{{a},{b}\\}}", f"\\{{{b},{a + 1}\\}}"))  # not equal
+        else:
+            pairs.append((f"{a}.5", f"\\frac{{{2 * a + 1}}}{{2}}"))
+    return pairs
+
+
+def bench_math(n: int) -> None:
+    from math_verify import parse, verify
+
+    from reward_fns.math_verifier import check_math_answer, normalize_math_text
+    from reward_fns.worker_pool import get_pool
+
+    pairs = math_pairs(n)
+    assert all(normalize_math_text(g) != normalize_math_text(p) for g, p in pairs)
+    # warm both paths (imports, worker start-up)
+    for g, p in pairs[:5]:
+        verify(parse(f"${g}$"), parse(f"${p}$"))
+    pool = get_pool()
+    with cf.ThreadPoolExecutor(pool.size) as ex:
+        list(ex.map(lambda gp: check_math_answer(gp[1], gp[0]), pairs[:2 * pool.size]))
+
+    t0 = time.perf_counter()
+    direct = [bool(verify(parse(f"${g}$"), parse(f"${p}$"))) for g, p in pairs]
+    t_direct = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ours_seq = [check_math_answer(p, g).correct for g, p in pairs]
+    t_seq = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(pool.size) as ex:
+        ours_par = [v.correct for v in ex.map(lambda gp: check_math_answer(gp[1], gp[0]), pairs)]
+    t_par = time.perf_counter() - t0
+
+    agree = sum(a == b for a, b in zip(direct, ours_seq)) / n
+    print(f"maths: {n} answer pairs ({sum(direct)} equivalent per math-verify), pool of {pool.size} workers, "
+          f"{os.cpu_count()} cores")
+    print(f"  math-verify direct (main thread)     : {n / t_direct:8.1f} verifications/s")
+    print(f"  rl2f verifier, 1 caller thread       : {n / t_seq:8.1f} verifications/s  "
+          f"ratio vs direct {t_direct / t_seq:5.2f}x  (per-call overhead {(t_seq - t_direct) / n * 1e3:+.2f} ms)")
+    print(f"  rl2f verifier, {pool.size} caller threads      : {n / t_par:8.1f} verifications/s  "
+          f"ratio vs direct {t_direct / t_par:5.2f}x")
+    print(f"  verdict agreement with math-verify   : {agree:.1%} (rl2f adds sympy/percent/unit fallbacks)")
+
+
+CODE = "def add(a, b):\n    return a + b\n"
+TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\nassert add(-1, 1) == 0\n"
+
+
+def bench_code(n: int) -> None:
+    from reward_fns import code_sandbox
+    from reward_fns.code_sandbox import run_code
+
+    gt = {"tests": TESTS, "entry_point": "add"}
+    run_code(CODE, gt)  # warm (probe unshare, page cache)
+    subprocess.run([sys.executable, "-c", CODE + TESTS], check=True)
+
+    t0 = time.perf_counter()
+    for _ in range(n):
+        subprocess.run([sys.executable, "-c", CODE + TESTS], check=True, capture_output=True)
+    t_plain = (time.perf_counter() - t0) / n
+
+    results = {}
+    modes = [("namespaces + audit hook", True), ("audit hook only", False)] if code_sandbox._use_unshare() else [
+        ("audit hook only", False)]
+    saved = code_sandbox._unshare_ok
+    try:
+        for label, use_ns in modes:
+            code_sandbox._unshare_ok = use_ns
+            t0 = time.perf_counter()
+            for _ in range(n):
+                d = run_code(CODE, gt)
+                assert d["status"] == "passed", d
+            results[label] = (time.perf_counter() - t0) / n
+    finally:
+        code_sandbox._unshare_ok = saved
+
+    print(f"code: {n} runs of a 3-assert function test, sequential")
+    print(f"  plain `python -c` subprocess         : {1 / t_plain:8.1f} runs/s  ({t_plain * 1e3:6.1f} ms per run)")
+    for label, t in results.items():
+        print(f"  sandbox, {label:<27s}: {1 / t:8.1f} runs/s  ({t * 1e3:6.1f} ms per run, "
+              f"overhead {1e3 * (t - t_plain):+6.1f} ms = {t / t_plain:4.2f}x plain)")
+    # parallel throughput (the sandbox's slot semaphore allows one run per core)
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(os.cpu_count() or 1) as ex:
+        list(ex.map(lambda _: run_code(CODE, gt), range(n)))
+    t_par = time.perf_counter() - t0
+    print(f"  sandbox, {os.cpu_count()} caller threads            : {n / t_par:8.1f} runs/s  "
+          f"({n * 3 / t_par:.1f} asserts/s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--math-n", type=int, default=300)
+    ap.add_argument("--code-n", type=int, default=30)
+    args = ap.parse_args()
+    bench_math(args.math_n)
+    bench_code(args.code_n)
+
+
+if __name__ == "__main__":
+    main()
