@@ -246,3 +246,98 @@ def test_server_rejects_prompt_longer_than_context(tiny_model_dir):
 
 def test_server_actor_names_are_unique_per_kind():
     assert server_actor_name(0) != server_actor_name(0, kind="reward") != server_actor_name(1)
+
+
+# ------------------------------------------------------------------ preflight ----------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = os.path.join(REPO, "recipes")
+
+
+@pytest.fixture(scope="module")
+def rg_data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rg_data")
+    subprocess.run([sys.executable, os.path.join(REPO, "examples/data_preprocess/reasoning_gym_data.py"),
+                    "--generators", "basic_arithmetic", "--train-size", "4", "--test-size", "2", "--seed", "0",
+                    "--out-dir", str(out)], check=True, capture_output=True, timeout=300)
+    return out
+
+
+def _compose(name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=RECIPES, version_base=None):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _good_overrides(model_dir, data_dir) -> list[str]:
+    return [f"actor_rollout_ref.model.path={model_dir}", f"data.train_files={data_dir}/train.parquet",
+            f"data.val_files={data_dir}/test.parquet"]
+
+
+@pytest.mark.parametrize("recipe", ["rlvr_cpu", "rl2f_cpu"])
+def test_preflight_accepts_the_cpu_recipes(recipe, tiny_model_dir, rg_data_dir, monkeypatch):
+    from rl2f_plugin.preflight import run_preflight
+
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    run_preflight(_compose(recipe, _good_overrides(tiny_model_dir, rg_data_dir)))
+
+
+@pytest.mark.parametrize("override, env_cpu, expected", [
+    ("actor_rollout_ref.model.path=/nonexistent/model", True,
+     r"actor_rollout_ref\.model\.path=/nonexistent/model does not exist: run `python -m rl2f_plugin\.cpu_model`"),
+    ("data.train_files=/nonexistent/train.parquet", True,
+     r"data\.train_files: /nonexistent/train\.parquet does not exist"),
+    ("actor_rollout_ref.rollout.name=vllm", True, r"rollout\.name=vllm needs a GPU.*rollout\.name=hf"),
+    ("actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2", True, r"flash_attention_2 needs a GPU.*sdpa"),
+    ("actor_rollout_ref.model.use_remove_padding=true", True, r"use_remove_padding=false"),
+    ("actor_rollout_ref.actor.strategy=fsdp", True, r"actor\.strategy=fsdp does not run on CPU.*=fsdp2"),
+    ("ray_kwargs.ray_init.num_gpus=0", True, r"\+ray_kwargs\.ray_init\.num_gpus=1"),
+    (None, False, r"trainer\.device=cpu but VERL_PLATFORM is not 'cpu'"),
+])
+def test_preflight_rejects_bad_input_with_one_line(override, env_cpu, expected, tiny_model_dir, rg_data_dir, monkeypatch):
+    from rl2f_plugin.preflight import PreflightError, run_preflight
+
+    if env_cpu:
+        monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    else:
+        monkeypatch.delenv("VERL_PLATFORM", raising=False)
+    overrides = _good_overrides(tiny_model_dir, rg_data_dir) + ([override] if override else [])
+    with pytest.raises(PreflightError) as info:
+        run_preflight(_compose("rl2f_cpu", overrides))
+    message = str(info.value.code)
+    assert "\n" not in message and message.startswith("rl2f preflight: ")
+    assert __import__("re").search(expected, message), message
+
+
+def test_preflight_names_file_row_and_field_of_an_unknown_task(tiny_model_dir, rg_data_dir, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from rl2f_plugin.preflight import PreflightError, run_preflight
+
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    rows = pd.read_parquet(rg_data_dir / "train.parquet")
+    extra = [dict(e) for e in rows["extra_info"]]
+    extra[1]["task"] = "no_such_task"
+    rows["extra_info"] = extra
+    bad = tmp_path / "bad_train.parquet"
+    rows.to_parquet(bad)
+    overrides = _good_overrides(tiny_model_dir, rg_data_dir) + [f"data.train_files={bad}"]
+    with pytest.raises(PreflightError) as info:
+        run_preflight(_compose("rl2f_cpu", overrides))
+    message = str(info.value.code)
+    assert "\n" not in message
+    assert "data.train_files" in message and str(bad) in message and "row 1" in message and "no_such_task" in message
+
+
+def test_preflight_runs_inside_main_ppo_before_ray(tmp_path):
+    """verl's real main_ppo with a missing model: exits 1 with our line, and never starts Ray."""
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "RAY_ADDRESS": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={RECIPES}", "--config-name=rlvr_cpu",
+         f"actor_rollout_ref.model.path={tmp_path}/missing_model", f"hydra.run.dir={tmp_path}/hydra"],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("rl2f preflight:")]
+    assert len(lines) == 1 and "missing_model does not exist" in lines[0]
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert "ray init kwargs" not in proc.stdout

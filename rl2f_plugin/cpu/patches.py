@@ -11,6 +11,11 @@ first calls `require_verl_version`, which raises on any verl other than the one 
   worker calls this function first, so on the cpu platform it also sets torch's intra-op thread count to
   ``RL2F_CPU_TRAIN_THREADS`` (default: all cores): Ray starts actors with ``OMP_NUM_THREADS=1``, which made
   the actor update ~2x slower on 2 cores.
+* ``preflight_before_ray`` (patch of ``verl.utils.device.auto_set_device``): ``verl.trainer.main_ppo.main``
+  calls it first with the composed config, before ``ray.init``; the wrapper runs the original, then
+  `rl2f_plugin.preflight.run_preflight` on training configs, so a missing model or dataset, an unknown task or a
+  GPU-only option on CPU stops the run with one line saying what to change (``RL2F_PREFLIGHT=0`` disables).
+  verl loads rl2f while ``verl/__init__`` runs, before ``main_ppo`` binds the name, so main_ppo gets the wrapper.
 * ``fsdp_engines_on_cpu`` (no patch, public API): verl registers ``FSDPEngineWithLMHead`` /
   ``FSDPEngineWithValueHead`` for devices cuda and npu only; once ``verl.workers.engine.fsdp.transformer_impl``
   is imported, they are also registered for device ``cpu`` through ``EngineRegistry.register``.
@@ -160,8 +165,31 @@ def register_fsdp_engines_on_cpu(transformer_impl_module) -> None:
     APPLIED[name] = True
 
 
+def patch_preflight_before_ray(device_module) -> None:
+    """See module docstring: ``preflight_before_ray``."""
+    name = "preflight_before_ray"
+    require_verl_version(name)
+    original = device_module.auto_set_device
+    if getattr(original, "__rl2f_patch__", None) == name:
+        return
+
+    @functools.wraps(original)
+    def auto_set_device(config) -> None:
+        original(config)
+        from rl2f_plugin import preflight
+
+        if preflight.enabled() and preflight.is_training_config(config):
+            preflight.run_preflight(config)
+
+    auto_set_device.__rl2f_patch__ = name
+    auto_set_device.__wrapped_original__ = original
+    device_module.auto_set_device = auto_set_device
+    APPLIED[name] = True
+
+
 #: patch name -> (verl module it needs, function applying it)
 PATCHES: dict[str, tuple[str, Callable]] = {
+    "preflight_before_ray": ("verl.utils.device", patch_preflight_before_ray),
     "gloo_default_backend": ("verl.utils.distributed", patch_gloo_default_backend),
     "fsdp_engines_on_cpu": ("verl.workers.engine.fsdp.transformer_impl", register_fsdp_engines_on_cpu),
 }
