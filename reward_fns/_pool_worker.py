@@ -53,6 +53,9 @@ def _job_test_block(args: dict) -> dict:
 
 
 def _job_test_echo(args: dict) -> dict:
+    if args.get("print"):  # a chatty library must not break the protocol
+        print(args["print"])
+        os.write(1, b"raw fd write\n")
     return {"echo": args, "pid": os.getpid()}
 
 
@@ -81,8 +84,9 @@ JOBS = {
 
 
 def _write(out, msg: dict) -> None:
-    out.write((json.dumps(msg, default=str) + "\n").encode())
-    out.flush()
+    data = (json.dumps(msg, default=str) + "\n").encode()
+    while data:
+        data = data[out.write(data):]
 
 
 def main() -> None:
@@ -99,7 +103,12 @@ def main() -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.set_int_max_str_digits(100_000)
-    out = sys.stdout.buffer
+    # The protocol gets a private copy of fd 1; fd 1 itself (and sys.stdout) go to /dev/null, so a library
+    # that prints (from Python or from C) cannot corrupt the JSON-lines channel.
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     inp = sys.stdin.buffer
     try:
         import reward_fns.math_verifier  # noqa: F401  (warm: math-verify + sympy)

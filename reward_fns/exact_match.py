@@ -71,6 +71,8 @@ def _texts_equal(a: str, b: str) -> bool:
 
 
 def verify_exact(response: str, ground_truth: Any) -> Verdict:
+    if hasattr(ground_truth, "tolist"):  # numpy array from parquet
+        ground_truth = ground_truth.tolist()
     golds = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
     golds = [g for g in (str(x) for x in golds) if g.strip()]
     if not golds:

@@ -65,6 +65,12 @@ def test_exact(reply, gold, score):
     assert verify_exact(reply, gold).score == score
 
 
+def test_exact_ground_truth_from_parquet_array():
+    import numpy as np
+
+    assert verify_exact("Answer: b", np.array(["a", "b"], dtype=object)).score == 1.0
+
+
 def test_normalize_text():
     assert normalize_text("  The  Big   Apple. ") == "big apple"
     assert normalize_text("$\\text{ok}$") == "ok"

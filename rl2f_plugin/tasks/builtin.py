@@ -245,10 +245,12 @@ class ExactTask(_BaseTask):
     def is_equivalent(self, candidate: str, ground_truth: Any, extra_info: dict | None = None) -> bool:
         from reward_fns.exact_match import _texts_equal
 
+        ground_truth = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
         golds = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
         return any(_texts_equal(candidate, str(g)) for g in golds)
 
     def answer_strings(self, ground_truth: Any, extra_info: dict | None = None) -> list[str]:
+        ground_truth = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
         golds = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
         return [str(g).strip() for g in golds if str(g).strip()]
 
