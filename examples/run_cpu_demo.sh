@@ -44,18 +44,20 @@ set +e
     data.train_files="$DATA/train.parquet" data.val_files="$DATA/test.parquet" \
     trainer.total_training_steps="$STEPS" trainer.save_freq="$STEPS" \
     trainer.default_local_dir="$RUN/checkpoints" hydra.run.dir="$RUN/hydra" "$@" 2>&1) \
-  | "$PY" -m rl2f_plugin.cpu.demo_report filter --log "$RUN/train.log"
+  | "$PY" "$REPO/rl2f_plugin/cpu/demo_report.py" filter --log "$RUN/train.log"
 status=${PIPESTATUS[0]}
 set -e
 
 echo
 if [[ $status -ne 0 ]]; then
-  echo "[rl2f demo] FAILED (exit $status). Last lines of $RUN/train.log:"
-  tail -n 30 "$RUN/train.log"
+  echo "[rl2f demo] FAILED (exit $status). The error, then the last lines of $RUN/train.log:"
+  grep -E "rl2f preflight:|Error executing job|^[A-Za-z_.]*(Error|Exception): " "$RUN/train.log" | tail -n 5 || true
+  echo "..."
+  tail -n 15 "$RUN/train.log"
   exit "$status"
 fi
 echo "[rl2f demo] per-step metrics:"
-"$PY" -m rl2f_plugin.cpu.demo_report summary --metrics "$RUN/metrics.jsonl"
+"$PY" "$REPO/rl2f_plugin/cpu/demo_report.py" summary --metrics "$RUN/metrics.jsonl"
 echo
 echo "[rl2f demo] done. Where things are:"
 echo "  full training log   $RUN/train.log"

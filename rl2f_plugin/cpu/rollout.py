@@ -212,7 +212,11 @@ class HFRolloutServer:
         self.global_steps = 0
         self.prompt_length = int(_cfg_get(config, "prompt_length", 512))
         self.response_length = int(_cfg_get(config, "response_length", 512))
-        self.max_model_len = int(_cfg_get(config, "max_model_len", None) or (self.prompt_length + self.response_length))
+        # The context limit is the model's, not prompt_length + response_length: rl2f's teacher prompts (problem,
+        # privileged answer, the student's attempt) are longer than a training prompt.
+        self.max_model_len = int(_cfg_get(config, "max_model_len", None)
+                                 or getattr(self.gen.model.config, "max_position_embeddings", 0)
+                                 or (self.prompt_length + self.response_length))
         self.max_batch = max(1, int(_cfg_get(config, "max_num_seqs", 64) or 64))
         self.base_seed = _cfg_get(config, "seed", None)
         self._pending: list[tuple[tuple, list[int], int, asyncio.Future]] = []
@@ -227,7 +231,10 @@ class HFRolloutServer:
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
-        record = {"time": time.time(), "server": self.name, **record}
+        import resource
+
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+        record = {"time": time.time(), "server": self.name, **record, "peak_rss_gb": round(peak_gb, 3)}
         logger.info("rl2f hf rollout: %s", record)
         if self._log_path:
             try:
