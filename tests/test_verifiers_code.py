@@ -235,5 +235,6 @@ def test_real_humaneval_problems():
         good = verify_code(block(p["prompt"] + p["canonical_solution"]), gt, timeout=20)
         assert good.score == 1.0 and good.details["tests_total"] >= 3, (p["task_id"], good.details)
         stub = verify_code(block(p["prompt"] + "    return None\n"), gt, timeout=20)
-        assert stub.score == 0.0 and stub.details["failing_test"].startswith("assert"), (p["task_id"], stub.details)
-        assert stub.details["got"] == "None"
+        assert stub.score == 0.0 and stub.details["failing_test"], (p["task_id"], stub.details)
+        if stub.details["status"] == "failed" and stub.details["expected"]:  # an `assert x == y` failed
+            assert stub.details["got"] == "None", (p["task_id"], stub.details)
