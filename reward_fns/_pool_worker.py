@@ -102,7 +102,8 @@ def main() -> None:
     logging.disable(logging.CRITICAL)  # math-verify logs whole inputs on timeouts; nobody reads them here
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.set_int_max_str_digits(100_000)
+    if hasattr(sys, "set_int_max_str_digits"):  # Python >= 3.11 (and patched 3.10)
+        sys.set_int_max_str_digits(100_000)
     # The protocol gets a private copy of fd 1; fd 1 itself (and sys.stdout) go to /dev/null, so a library
     # that prints (from Python or from C) cannot corrupt the JSON-lines channel.
     out = os.fdopen(os.dup(1), "wb", buffering=0)
