@@ -239,9 +239,16 @@ def test_server_rejects_prompt_longer_than_context(tiny_model_dir):
 
     from verl.workers.config import RolloutConfig
 
-    server = HFRolloutServer(RolloutConfig(name="hf", prompt_length=4, response_length=2), SimpleNamespace(path=tiny_model_dir))
+    server = HFRolloutServer(RolloutConfig(name="hf", prompt_length=4, response_length=2, max_model_len=6),
+                             SimpleNamespace(path=tiny_model_dir))
     with pytest.raises(ValueError, match="max_model_len=6"):
         asyncio.run(server.generate("x", prompt_ids=list(range(3, 10)), sampling_params={}))
+    # without max_model_len the limit is the model's context, not prompt_length + response_length: rl2f's teacher
+    # prompts are longer than training prompts; the default budget of a reply is still response_length
+    server = HFRolloutServer(RolloutConfig(name="hf", prompt_length=4, response_length=2), SimpleNamespace(path=tiny_model_dir))
+    assert server.max_model_len == 256
+    out = asyncio.run(server.generate("y", prompt_ids=list(range(3, 20)), sampling_params={"temperature": 0.0}))
+    assert 1 <= len(out.token_ids) <= 2
 
 
 def test_server_actor_names_are_unique_per_kind():
