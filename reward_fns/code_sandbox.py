@@ -180,7 +180,7 @@ def _run_job(job: dict, wall: float) -> dict[str, Any]:
                 proc.stdin.close()
             except (BrokenPipeError, OSError):
                 pass
-            buf, total = b"", 0
+            buf, total, got_done = b"", 0, False
             deadline = start + wall
             while True:
                 remaining = deadline - time.monotonic()
@@ -198,13 +198,14 @@ def _run_job(job: dict, wall: float) -> dict[str, Any]:
                 if total <= 4 << 20:
                     buf += chunk
                 if b'"ev": "done"' in chunk or b'"ev": "done"' in buf[-len(chunk) - 16:]:
+                    got_done = True
                     break  # the runner reported its result; whatever else holds the pipe is killed below
             if timed_out:
                 _kill_group(proc.pid)
-            try:
-                proc.wait(timeout=max(0.5, deadline - time.monotonic()))
+            try:  # after its report the runner only has to exit; lingering threads are not waited for
+                proc.wait(timeout=1.0 if got_done else max(0.5, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                timed_out = True
+                timed_out = timed_out or not got_done
                 _kill_group(proc.pid)
                 proc.wait(timeout=10)
             for line in buf.split(b"\n"):

@@ -238,3 +238,14 @@ def test_real_humaneval_problems():
         assert stub.score == 0.0 and stub.details["failing_test"], (p["task_id"], stub.details)
         if stub.details["status"] == "failed" and stub.details["expected"]:  # an `assert x == y` failed
             assert stub.details["got"] == "None", (p["task_id"], stub.details)
+
+
+def test_lingering_thread_after_passing_tests_is_killed():
+    code = ("import threading, time\n"
+            "threading.Thread(target=lambda: time.sleep(1000)).start()\n"
+            "def add(a, b):\n    return a + b")
+    t0 = time.monotonic()
+    v = verify_code(block(code), ADD_TESTS, timeout=T)
+    assert v.score == 1.0, v.details
+    assert time.monotonic() - t0 < T
+    assert not _sandbox_processes()
