@@ -76,6 +76,16 @@ def _load(model_arg: str):
 
 
 def baseline(model, tok, rows, batch_size: int, max_new_tokens: int, eos_ids: list[int], pad_id: int) -> dict:
+    """Plain batched ``model.generate``, run on a worker thread exactly like HFBackend runs it (on a busy
+    2-core machine, torch's OpenMP pool in the main thread behaves very differently from one in a worker
+    thread, so both sides must use the same kind of thread to be comparable)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        return ex.submit(_baseline, model, tok, rows, batch_size, max_new_tokens, eos_ids, pad_id).result()
+
+
+def _baseline(model, tok, rows, batch_size: int, max_new_tokens: int, eos_ids: list[int], pad_id: int) -> dict:
     import torch
 
     prompts = []
@@ -137,7 +147,6 @@ def main(argv=None) -> int:
 
     import rl2f_plugin  # noqa: F401
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     _register_task()
     model, tok, label = _load(a.model)
     from rl2f_plugin.eval.backends import HFBackend
@@ -158,7 +167,7 @@ def main(argv=None) -> int:
             k3 = harness(model, tok, data, os.path.join(d, "k3.jsonl"), batch_size=a.batch_size,
                          max_new_tokens=a.max_new_tokens, max_turns=3, teacher="template")
     result = {"model": label, "n": a.n, "batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens,
-              "cpu_threads": torch.get_num_threads(), "baseline": base, "harness_k1": k1, "harness_k3": k3,
+              "cpu_threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0], "baseline": base, "harness_k1": k1, "harness_k3": k3,
               "ratio_k1": k1["tokens_per_s"] / base["tokens_per_s"],
               "ratio_k3": (k3["tokens_per_s"] / base["tokens_per_s"]) if k3 else None}
     print(json.dumps(result, indent=2))
