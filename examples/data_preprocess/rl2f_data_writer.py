@@ -11,8 +11,10 @@ Every converter in this folder turns its source into rows of verl's RL dataset f
   structured one (code tests) is stored as a JSON string, which the rl2f verifiers accept. A single string
   type keeps files of several sources concatenable.
 * ``extra_info``: ``{"task": <rl2f task name>, "index", "split", "problem"}`` plus privileged fields the
-  teacher may see (``solution``, ``hint``, ...). Values are scalars or JSON strings, never nested objects of
-  varying shape, so parquet schemas stay stable across sources.
+  teacher may see (``solution``, ``hint``, ...) and source bookkeeping. Types are fixed so that files of
+  different sources can be listed together in ``data.train_files`` (verl concatenates them, which fails when
+  one field has two types): keys ending in ``index`` are integers, flags are booleans, everything else is a
+  string (numbers as text, lists / dicts as JSON).
 
 The converters import this module as a sibling (``python examples/data_preprocess/<source>.py`` puts this
 folder on ``sys.path``).
@@ -68,7 +70,7 @@ def make_row(*, data_source: str, task: str, problem: str, ground_truth: Any, ab
         for key, value in source.items():
             if key in extra_info:
                 raise ValueError(f"extra_info key {key!r} is reserved")
-            extra_info[key] = _scalar_or_json(value)
+            extra_info[key] = _normalise_extra(key, value)
     return {
         "data_source": data_source,
         "prompt": render_prompt(task, problem, extra_info),
@@ -88,9 +90,17 @@ def ground_truth_to_str(ground_truth: Any) -> str:
     return json.dumps(ground_truth, ensure_ascii=False, sort_keys=True)
 
 
-def _scalar_or_json(value: Any) -> Any:
-    if value is None or isinstance(value, (str, bool, int, float)):
+def _normalise_extra(key: str, value: Any) -> Any:
+    """None, bool, int for ``*index`` keys, else a string (JSON for containers): one type per key across
+    every converter."""
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if key.endswith("index") and isinstance(value, int):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy
+        value = value.tolist()
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
