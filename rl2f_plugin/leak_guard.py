@@ -132,25 +132,35 @@ class LeakGuard:
 
     # -- deterministic checks (sync, may block in the verifier) ---------------------------------------------
     def check(self, feedback: str) -> LeakReport:
-        reasons: list[str] = []
+        report = self.check_strings(feedback)
+        if report.leaked or not self.check_spans:
+            return report
+        return self.check_equivalent_spans(answer_like_spans(feedback, self.max_spans))
+
+    def check_strings(self, feedback: str) -> LeakReport:
+        """Check 1 (string match): cheap, never blocks."""
         spaced, compact = normalize(feedback, keep_spaces=True), normalize(feedback)
-        for ans_spaced, ans_compact in self._answers:
-            if _contains_bounded(spaced, ans_spaced) or (ans_compact and _contains_bounded(compact, ans_compact)):
-                reasons.append(f"string:{ans_spaced}")
-        if not reasons and self.check_spans:
-            for span in answer_like_spans(feedback, self.max_spans):
-                if self.task.is_equivalent(span, self.ground_truth, self.extra_info):
-                    reasons.append(f"equivalent:{span}")
-                    break
+        reasons = [f"string:{a}" for a, c in self._answers
+                   if _contains_bounded(spaced, a) or (c and _contains_bounded(compact, c))]
         return LeakReport(bool(reasons), reasons)
+
+    def check_equivalent_spans(self, spans: list[str]) -> LeakReport:
+        """Check 2 (verifier equivalence of answer-like spans): may block in the task's verifier."""
+        for span in spans:
+            if self.task.is_equivalent(span, self.ground_truth, self.extra_info):
+                return LeakReport(True, [f"equivalent:{span}"])
+        return LeakReport(False, [])
 
     # -- full check, off the event loop and time-bounded ----------------------------------------------------
     async def acheck(self, feedback: str) -> LeakReport:
-        try:
-            report = await asyncio.wait_for(asyncio.to_thread(self.check, feedback), timeout=self.timeout_s)
-        except asyncio.TimeoutError:
-            logger.warning("rl2f leak guard: check timed out after %.1fs; treating the feedback as leaked", self.timeout_s)
-            return LeakReport(True, ["timeout"])
+        report = self.check_strings(feedback)
+        spans = answer_like_spans(feedback, self.max_spans) if (self.check_spans and not report.leaked) else []
+        if spans:  # only the verifier may block: run it off the event loop, time-bounded
+            try:
+                report = await asyncio.wait_for(asyncio.to_thread(self.check_equivalent_spans, spans), timeout=self.timeout_s)
+            except asyncio.TimeoutError:
+                logger.warning("rl2f leak guard: check timed out after %.1fs; treating the feedback as leaked", self.timeout_s)
+                return LeakReport(True, ["timeout"])
         if report.leaked or not (self.llm_judge and self.judge is not None):
             return report
         prompt = render_prompt("leak_judge", self.prompt_version, answer=format_ground_truth(self.ground_truth), feedback=feedback)

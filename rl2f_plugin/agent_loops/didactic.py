@@ -126,6 +126,8 @@ class DidacticAgentLoop(AgentLoopBase):
         self.rl2f = resolve_config(self.config, kwargs)
         self.response_length = int(self.rollout_config.response_length)
         self.max_turns = int(self.rl2f["max_turns"])
+        self._request_id = uuid4().hex
+        self._aux_calls = 0
 
     # ------------------------------------------------------------------------------------------------------
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> RL2FAgentLoopOutput:
@@ -145,7 +147,8 @@ class DidacticAgentLoop(AgentLoopBase):
         problem = str(extra_info.get("problem") or extra_info.get("question") or _first_user_text(messages))
 
         metrics: dict[str, Any] = {}
-        request_id = uuid4().hex
+        request_id = self._request_id = uuid4().hex
+        self._aux_calls = 0
         extra_fields: dict[str, Any] = {}
         teacher = self._make_teacher()
         guard = self._make_guard(task, ground_truth, extra_info, teacher) if self.uses_leak_guard else None
@@ -275,11 +278,13 @@ class DidacticAgentLoop(AgentLoopBase):
         if len(token_ids) > remaining:  # a server that ignored max_tokens: never overflow the budget
             token_ids = token_ids[:remaining]
             out_logprobs = out_logprobs[:remaining] if out_logprobs else None
-        merge, mask, logprobs = await self.ct_merge_assistant_token(
-            traj.runtime_ids, token_ids, traj.response_mask,
-            traj.logprobs if (traj.logprobs or out_logprobs) else None,
-            assistant_logprobs=out_logprobs,
-        )
+        # verl's ct_merge_assistant_token without its executor hop: for an assistant turn the builder only
+        # concatenates, which costs far less than a thread round trip (measured in benchmarks/bench_agent_loop.py).
+        builder = self.continuous_token_builder
+        merge = builder.merge_assistant_tokens(traj.runtime_ids, token_ids)
+        mask, logprobs = builder.align_response_metadata(
+            merge, traj.response_mask, traj.logprobs if (traj.logprobs or out_logprobs) else None,
+            assistant_logprobs=out_logprobs)
         self._apply_merge(traj, merge, mask, logprobs)
         return token_ids, hit_budget
 
@@ -314,6 +319,12 @@ class DidacticAgentLoop(AgentLoopBase):
 
     def _content_span(self, appended: list[int], content: str) -> tuple[int, int]:
         """[start, end) of the tokens of `content` inside the rendered user turn `appended`."""
+        frame = _user_turn_frame(self.continuous_token_builder)
+        if frame is not None:  # fast path: strip the template's constant header/trailer around the content
+            head, tail = frame
+            n = len(appended)
+            if n >= len(head) + len(tail) and appended[:len(head)] == head and appended[n - len(tail):] == tail:
+                return len(head), n - len(tail)
         cids = self.tokenizer.encode(content, add_special_tokens=False)
         n = len(cids)
         if n:
@@ -392,7 +403,8 @@ class DidacticAgentLoop(AgentLoopBase):
         prompt_ids = await self.loop.run_in_executor(None, lambda: self.continuous_token_builder.build_initial_tokens(messages))
         params = {"temperature": float(temperature), "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
                   "logprobs": False, "max_tokens": int(max_tokens)}
-        out = await self.server_manager.generate(request_id=TEACHER_REQUEST_PREFIX + uuid4().hex, prompt_ids=prompt_ids,
+        self._aux_calls += 1
+        out = await self.server_manager.generate(request_id=f"{TEACHER_REQUEST_PREFIX}{self._request_id}-{self._aux_calls}", prompt_ids=prompt_ids,
                                                   sampling_params=params)
         return self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
@@ -436,6 +448,32 @@ def _carry_extra_fields(extra_fields: dict, out: TokenOutput) -> None:
     for key in _SUMMED_EXTRA_KEYS:
         if key in fields and key in extra_fields:
             extra_fields[key] = int(extra_fields[key]) + int(fields[key])
+
+
+_FRAMES: dict[tuple, tuple[list[int], list[int]] | None] = {}
+
+
+def _user_turn_frame(builder: ContinuousTokenBuilder) -> tuple[list[int], list[int]] | None:
+    """Token ids the builder puts before and after a user message's content when it appends a user turn
+    (e.g. ``<|im_start|>user\n`` and ``<|im_end|>\n<|im_start|>assistant\n``), found once per builder type,
+    tokenizer and template by diffing two renders; None when the template does not frame content that way."""
+    key = (type(builder), id(builder.tokenizer), len(builder.tokenizer), getattr(builder.tokenizer, "chat_template", None),
+           repr(sorted(builder.chat_template_kwargs.items())))
+    if key not in _FRAMES:
+        frame = None
+        try:
+            a = builder.tokenize_context_incremental_messages([], [{"role": "user", "content": "Zq"}])
+            b = builder.tokenize_context_incremental_messages([], [{"role": "user", "content": "Yw kx. 7"}])
+            h = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            t = next((i for i, (x, y) in enumerate(zip(reversed(a), reversed(b))) if x != y), min(len(a), len(b)))
+            tok = builder.tokenizer
+            if (a[h:len(a) - t] == tok.encode("Zq", add_special_tokens=False)
+                    and b[h:len(b) - t] == tok.encode("Yw kx. 7", add_special_tokens=False)):
+                frame = (a[:h], a[len(a) - t:])
+        except Exception:  # noqa: BLE001 - fall back to locating the content by its tokens
+            frame = None
+        _FRAMES[key] = frame
+    return _FRAMES[key]
 
 
 @functools.lru_cache(maxsize=16)
