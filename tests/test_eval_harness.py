@@ -372,6 +372,20 @@ def test_hf_backend_tokens_logprobs_and_batching(tokenizer, tiny_model):
         assert np.allclose(o.log_probs, expected.tolist(), atol=1e-3)
         assert o.extra_fields["global_steps"] == -1
     assert backend.stats.generated_tokens == sum(len(o.token_ids) for o in outs)
+
+    # different token budgets (the didactic loop passes each trajectory's remaining budget) share one batch;
+    # each output is cut to its own budget and log-probs go only to the request that asked
+    async def mixed():
+        return await asyncio.gather(
+            backend.generate("a", prompt_ids=prompts[0], sampling_params={**sp, "max_tokens": 3, "logprobs": False}),
+            backend.generate("b", prompt_ids=prompts[1], sampling_params={**sp, "max_tokens": 12}))
+
+    batches = backend.stats.batches
+    short, long_ = asyncio.run(mixed())
+    assert backend.stats.batches == batches + 1
+    assert len(short.token_ids) <= 3 and short.log_probs is None
+    assert short.token_ids == outs[0].token_ids[:3] and long_.token_ids == outs[1].token_ids
+    assert len(long_.log_probs) == len(long_.token_ids)
     backend.close()
 
 

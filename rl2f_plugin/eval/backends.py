@@ -196,7 +196,9 @@ class HFBackend:
     def _generate_batch(self, batch: list[_Request]) -> list[TokenOutput]:
         import torch
 
-        sp = batch[0].sp
+        sp = dict(batch[0].sp)
+        sp["max_tokens"] = max(r.sp["max_tokens"] for r in batch)
+        sp["logprobs"] = any(r.sp["logprobs"] for r in batch)
         width = max(len(r.prompt_ids) for r in batch)
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -228,8 +230,8 @@ class HFBackend:
         results: list[TokenOutput] = []
         total_new = 0
         stop_set = set(stop_ids)
-        for i in range(len(batch)):
-            ids = new[i].tolist()
+        for i, r in enumerate(batch):
+            ids = new[i].tolist()[: r.sp["max_tokens"]]
             end, reason = len(ids), "length"
             for j, t in enumerate(ids):
                 if t in stop_set:
@@ -237,7 +239,7 @@ class HFBackend:
                     break
             ids = ids[:end]
             total_new += len(ids)
-            lp = logprobs[i, :end].tolist() if logprobs is not None else None
+            lp = logprobs[i, :end].tolist() if logprobs is not None and r.sp["logprobs"] else None
             results.append(TokenOutput(token_ids=ids, log_probs=lp, stop_reason=reason,
                                        extra_fields=dict(_STEP_TAGS)))
         self.stats.add(calls=len(batch), batches=1, generated_tokens=total_new, busy_seconds=elapsed,
@@ -246,7 +248,10 @@ class HFBackend:
 
 
 def _batch_key(sp: dict[str, Any]) -> tuple:
-    return tuple(sorted(sp.items()))
+    """Requests that can share one ``generate`` call: same sampling settings. ``max_tokens`` and ``logprobs``
+    may differ (the batch runs to the largest budget and each output is cut to its own; log-probs are computed
+    if any request wants them and returned only to those that do)."""
+    return tuple(sorted((k, v) for k, v in sp.items() if k not in ("max_tokens", "logprobs")))
 
 
 # ------------------------------------------------------------------------------------------------------------
