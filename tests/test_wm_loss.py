@@ -38,8 +38,7 @@ from rl2f_plugin.schema import FEEDBACK_MASK_KEY
 EOS = 2
 
 
-@pytest.fixture(scope="module")
-def verl_cfg():
+def compose_verl(*overrides):
     conf_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=conf_dir, version_base=None):
         return compose(
@@ -48,8 +47,14 @@ def verl_cfg():
                 "data.train_batch_size=4",
                 "actor_rollout_ref.actor.ppo_mini_batch_size=4",
                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+                *overrides,
             ],
         )
+
+
+@pytest.fixture(scope="module")
+def verl_cfg():
+    return compose_verl()
 
 
 @pytest.fixture()
@@ -338,3 +343,26 @@ def test_partial_is_picklable_for_ray(verl_cfg, actor_cfg):
     td, params = build_batch(verl_cfg.algorithm, "grpo")
     loss, m, _ = _run(fn, engine_view(td), params)
     assert torch.isfinite(loss) and m[WM_TOKENS_METRIC].values[0] == 14
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-sum", "seq-mean-token-mean", "token-sum"])
+def test_other_loss_agg_modes_follow_verl(verl_cfg, actor_cfg, mode):
+    """Non-default `actor.loss_agg_mode`s normalise the CE exactly as verl's agg_loss does for that mode."""
+    actor_cfg = omega_conf_to_dataclass(compose_verl(f"actor_rollout_ref.actor.loss_agg_mode={mode}").actor_rollout_ref.actor)
+    assert actor_cfg.loss_agg_mode == mode
+    td, params = build_batch(verl_cfg.algorithm, "grpo")
+    data = engine_view(td)
+    _, m, _ = _run(make_actor_loss(actor_cfg, wm_coef=1.0), data, params)
+    per_seq_sum, per_seq_n = [], []
+    for row in range(4):
+        lp = F.logsigmoid(params[row]).detach().double()
+        pos = _positions(td, row, FEEDBACK_MASK_KEY)
+        per_seq_sum.append(sum(-float(lp[p]) for p in pos))
+        per_seq_n.append(len(pos))
+    gbs = len(td)  # engine_view: global_batch_size = rows incl. the padding row
+    expected = {
+        "token-sum": sum(per_seq_sum),
+        "seq-mean-token-sum": sum(per_seq_sum) / gbs,
+        "seq-mean-token-mean": sum(s / n if n else 0.0 for s, n in zip(per_seq_sum, per_seq_n)) / gbs,
+    }[mode]
+    assert m[WM_CE_METRIC].values[0] == pytest.approx(expected, rel=1e-5)
