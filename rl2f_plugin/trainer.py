@@ -94,7 +94,10 @@ class RL2FTrainerMixin:
     # --- 2. per-step RL²F training metrics --------------------------------------------------------------------
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
-        metrics.update(self.rl2f_training_metrics(batch))
+        try:
+            metrics.update(self.rl2f_training_metrics(batch))
+        except ValueError as exc:  # malformed rl2f extra fields: report loudly, but never kill a training run
+            logger.warning("rl2f: step %s: RL2F metrics skipped: %s", global_steps, exc)
 
     def rl2f_training_metrics(self, batch, kv_batch_get: Callable | None = None) -> dict[str, float]:
         """RL²F metrics of one training batch (a TransferQueue ``KVBatchMeta``)."""

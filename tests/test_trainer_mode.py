@@ -241,3 +241,21 @@ def test_stock_single_turn_batches_log_no_rl2f_metrics():
     trainer = RL2FTrainerSync.__new__(RL2FTrainerSync)  # only the metrics hook is exercised
     batch = KVBatchMeta(partition_id="train", keys=["a_0_0"], tags=[{}])
     assert trainer.rl2f_training_metrics(batch, kv_batch_get=fake.kv_batch_get) == {}
+
+
+def test_malformed_extra_fields_warn_without_stopping_training(monkeypatch, caplog):
+    import verl.trainer.ppo.v1.trainer_base as trainer_base
+
+    trainer = RL2FTrainerSync.__new__(RL2FTrainerSync)
+    # verl's own part of the hook is not under test here
+    monkeypatch.setattr(trainer_base.PPOTrainer, "_compute_metrics", lambda self, *a, **k: None)
+    fake = FakeTQ()
+    bad = _didactic_sample(1, 1, "gsm8k")
+    bad["extra_fields"][schema.EF_SOLVED_AT_TURN] = "one"
+    fake.store[("train", "a_0_0")] = bad
+    monkeypatch.setattr(trainer_base, "tq", types.SimpleNamespace(kv_batch_get=fake.kv_batch_get))
+    metrics = {}
+    with caplog.at_level("WARNING", logger="rl2f_plugin.trainer"):
+        trainer._compute_metrics(KVBatchMeta(partition_id="train", keys=["a_0_0"], tags=[{}]), metrics, {}, 7, 0)
+    assert metrics == {}
+    assert f"step 7: RL2F metrics skipped: sample 0: extra field '{schema.EF_SOLVED_AT_TURN}'" in caplog.text
