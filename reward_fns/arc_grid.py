@@ -24,7 +24,6 @@ from .extraction import answer_tag, last_code_block
 __all__ = ["parse_grid", "extract_grid", "verify_arc", "grid_to_text"]
 
 Grid = list[list[int]]
-_ROW = re.compile(r"^\s*\[?\s*\d(?:\s*[,\s]\s*\d|\d)*\s*\]?,?\s*$")
 
 
 def _is_grid(obj: Any) -> bool:
@@ -32,51 +31,42 @@ def _is_grid(obj: Any) -> bool:
             and all(isinstance(c, int) and not isinstance(c, bool) for r in obj for c in r))
 
 
+# Written so that no two quantifiers can share the same characters (no super-linear backtracking on
+# hostile input such as 100k spaces between rows).
+_LIST_GRID = re.compile(r"\[\s*(?:\[\s*-?\d+(?:\s*,\s*-?\d+)*\s*\]\s*(?:,\s*)?)+\]")
+
+
 def _last_bracketed_grid(text: str) -> Grid | None:
-    """The last ``[[...]]`` in `text` that parses as a list of lists of ints."""
-    end = text.rfind("]]")
-    tries = 0
-    while end >= 0 and tries < 32:
-        tries += 1
-        depth = 0
-        i = end + 1
-        start = -1
-        while i >= 0:
-            c = text[i]
-            if c == "]":
-                depth += 1
-            elif c == "[":
-                depth -= 1
-                if depth == 0:
-                    start = i
-                    break
-            i -= 1
-        if start >= 0:
-            try:
-                obj = json.loads(text[start:end + 2])
-            except ValueError:
-                obj = None
-            if _is_grid(obj):
-                return obj
-        end = text.rfind("]]", 0, end)
-    return None
+    """The last ``[[...]]`` list of lists of ints in `text` (one linear regex scan; no nesting is ambiguous
+    because every row starts with ``[`` and holds only numbers)."""
+    last = None
+    for m in _LIST_GRID.finditer(text):
+        last = m
+    if last is None:
+        return None
+    try:
+        obj = json.loads(last.group(0).replace(",]", "]").rstrip())
+    except ValueError:
+        obj = None
+    if obj is None:  # trailing commas ("[[1, 2],]") are not JSON
+        rows = re.findall(r"\[([^\[\]]*)\]", last.group(0))
+        obj = [[int(x) for x in re.findall(r"-?\d+", r)] for r in rows]
+    return obj if _is_grid(obj) else None
+
+
+_ROW_BLOCK = re.compile(r"(?:^[ \t]*(?:\[[ \t]*)?\d[\d, \t\]]*(?:\n|\Z))+", re.MULTILINE)
+_MAX_ROWS = 200  # ARC grids have at most 30 rows; a longer block is parsed only this far (it cannot match)
 
 
 def _last_digit_block(text: str) -> Grid | None:
-    block: list[str] = []
-    best: list[str] | None = None
-    for line in text.splitlines():
-        if line.strip() and _ROW.match(line):
-            block.append(line)
-        else:
-            if block:
-                best = block
-            block = []
-    if block:
-        best = block
-    if not best:
+    """The last block of consecutive lines made only of digits (and spaces / commas / brackets)."""
+    last = None
+    for m in _ROW_BLOCK.finditer(text):
+        last = m
+    if last is None:
         return None
-    rows = [[int(d) for d in re.findall(r"\d", ln)] for ln in best]
+    lines = [ln for ln in last.group(0).splitlines() if ln.strip()][:_MAX_ROWS]
+    rows = [[int(d) for d in re.findall(r"\d", ln)] for ln in lines]
     return rows if _is_grid(rows) else None
 
 

@@ -12,6 +12,11 @@ code_memory_mb         RL2F_CODE_MEMORY_MB         1024     RLIMIT_AS of a sandb
 rg_timeout             RL2F_RG_TIMEOUT             10.0     wall clock per reasoning-gym ``score_answer``
 max_answer_chars       RL2F_MAX_ANSWER_CHARS       2000     longer extracted answers score 0 unchecked
 =====================  ==========================  =======  =============================================
+
+Process-level knobs (environment only): ``RL2F_VERIFY_WORKERS`` (verifier worker processes per process
+that verifies, default min(2, cores)), ``RL2F_VERIFY_MEMORY_MB`` (their RLIMIT_AS, default 4096),
+``RL2F_SANDBOX_PARALLEL`` (concurrent sandbox runs, default = cores), ``RL2F_SANDBOX_UNSHARE=0`` (do not
+use user/network/PID namespaces even where available; the audit hook and process group remain).
 """
 
 from __future__ import annotations

@@ -110,12 +110,13 @@ def parse_options(extra_info: dict | None) -> dict[str, str]:
 
 
 _LETTER_PREFIX = re.compile(r"^\s*\(?([A-Za-z])\)\s*|^\s*([A-Za-z])[.:]\s+")
+# Applied to the stripped answer. Written without competing quantifiers (linear on hostile input).
 _LETTER_PATTERNS = [
-    re.compile(r"^\s*\(?([A-Za-z])\)?\s*[.):]?\s*$"),                   # "B", "(B)", "b)", "B."
-    re.compile(r"^\s*\(([A-Za-z])\)"),                                  # "(B) text"
-    re.compile(r"^\s*([A-Za-z])[).:]\s"),                               # "b) text", "B. text", "B: text"
-    re.compile(r"^\s*(?:option|choice)\s*\(?([A-Za-z])\)?\b", re.I),     # "Option B"
-    re.compile(r"(?i:answer|option|choice)\s*(?:is|:)?\s*\(?([A-Z])\)?(?:\s*$|[\s.,)])"),
+    re.compile(r"^\(?([A-Za-z])\)?[.):]?$"),                           # "B", "(B)", "b)", "B."
+    re.compile(r"^\(([A-Za-z])\)"),                                   # "(B) text"
+    re.compile(r"^([A-Za-z])[).:]\s"),                                 # "b) text", "B. text", "B: text"
+    re.compile(r"^(?:option|choice)\s*\(?([A-Za-z])\)?\b", re.I),      # "Option B"
+    re.compile(r"(?i:answer|option|choice)(?:\s+is\b|\s*:)?\s*\(?([A-Z])\)?(?:$|[\s.,)])"),
 ]
 
 
@@ -127,7 +128,7 @@ def choice_letter(answer: str, options: dict[str, str]) -> str | None:
     """The option letter `answer` designates (by letter or by option text), or None."""
     if answer is None:
         return None
-    a = strip_math_delimiters(_TEXT_CMD.sub(lambda m: m.group(1), str(answer))).strip().strip("*_`\"'")
+    a = strip_math_delimiters(_TEXT_CMD.sub(lambda m: m.group(1), str(answer))).strip().strip("*_`\"'").strip()
     for letter, text in options.items():  # the option's own text first ("a cat" is not option A)
         if _texts_equal(a, text):
             return letter

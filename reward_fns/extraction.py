@@ -67,8 +67,9 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_ANSWER_MARKERS = re.compile(
-    r"(?:final\s+answer|answer)\s*(?:is)?\s*[:：]|the\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
+# "Answer: x", "Final answer: x", "The answer is x". No two quantifiers may compete for the same characters:
+# replies can hold 100k-space runs, and a regex that backtracks quadratically on them would hang the caller.
+_ANSWER_MARKERS = re.compile(r"answer(?:\s+is\b|\s*[:：])", re.IGNORECASE)
 
 
 def answer_line(text: str) -> str | None:
@@ -81,7 +82,7 @@ def answer_line(text: str) -> str | None:
     if last is None:
         return None
     rest = text[last.end():]
-    rest = rest.lstrip(" \t*_:")
+    rest = rest.lstrip(" \t*_:：")
     if rest.startswith("\n"):  # "Answer:\n 42" -> next non-empty line
         rest = rest.lstrip("\n \t")
     line = rest.split("\n", 1)[0].strip().strip("*_").strip()
@@ -141,7 +142,9 @@ def strip_math_delimiters(s: str) -> str:
     """Remove surrounding ``$...$``, ``\\(...\\)``, ``\\[...\\]`` and whitespace."""
     s = s.strip()
     changed = True
-    while changed and s:
+    for _ in range(8):  # bounded: "$$$$...$" must not cost a copy per character
+        if not (changed and s):
+            break
         changed = False
         for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
             if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):

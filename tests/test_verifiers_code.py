@@ -178,7 +178,7 @@ def test_hostile_code(name, isolation):
         assert v.score == 0.0
         assert v.details["status"] == status, (v.reason, v.details)
         assert v.reason
-        assert elapsed < 3.0 + 2.0, elapsed
+        assert elapsed < 3.0 + 3.0, elapsed  # the limit (+ kill/teardown on a loaded box)
         assert not _sandbox_processes(), "sandbox processes left behind"
         assert _sandbox_dirs() <= dirs_before, "sandbox temp dir left behind"
         if name == "write_outside":

@@ -134,7 +134,7 @@ def test_hostile_expressions_time_out_cleanly(pred, short_math_timeout, capfd):
     v = check_math_answer(pred, "3")
     elapsed = time.monotonic() - t0
     assert v.score == 0.0 and v.reason
-    assert elapsed < short_math_timeout + 1.5, elapsed  # the configured limit (plus process kill/teardown)
+    assert elapsed < short_math_timeout + 3.0, elapsed  # the configured limit (+ kill/teardown on a loaded box)
     out, err = capfd.readouterr()
     assert pred not in out and pred not in err  # nothing echoes the input into our logs
 
@@ -149,7 +149,7 @@ def test_deeply_nested_latex_and_huge_strings(short_math_timeout):
     assert v2.score == 0.0 and "too long" in v2.reason
     v3 = verify_math("x" * 1_000_000, "1")
     assert v3.score == 0.0
-    assert time.monotonic() - t0 < 3 * (short_math_timeout + 1.5)
+    assert time.monotonic() - t0 < 3 * (short_math_timeout + 3.0)
 
 
 def test_pool_recovers_after_kills(short_math_timeout):

@@ -132,3 +132,26 @@ def test_reasoning_gym_answer_extraction_and_fallback():
     assert extract_rg_answer("\\boxed{6}") == "6"
     v = verify_reasoning_gym("basic_arithmetic", "<answer>-4</answer>", "-4", {})
     assert v.score == 1.0 and v.details["entry_source"] == "ground_truth"
+
+
+# ------------------------------------------------------------------------------------ hostile text
+def test_text_verifiers_are_linear_on_hostile_replies():
+    """Regexes must not backtrack super-linearly: long whitespace runs after a marker, bracket floods,
+    delimiter floods. Each case is ~100 KB; a quadratic regex takes minutes on these, a linear one ms."""
+    import time
+
+    from reward_fns.extraction import extract_final_answer, last_code_block
+    from reward_fns.math_verifier import extract_math_answer
+
+    n = 100_000
+    texts = ["Answer" + " " * n + "x", "the answer" + " " * n + "x", "B" + " " * n + "x", "(B" + " " * n + "x",
+             "Option" + " " * n + "x", "1" + " " * n + "x", "[[1]" + " " * n + "x", "[[1, " * (n // 5),
+             "[[" + "1" * n + "x", "$" * n, "\\boxed{" * (n // 7), "```" + " " * n, "1 2 3\n" * (n // 6)]
+    checks = [lambda t: verify_arc(t, [[1]]), lambda t: verify_exact(t, "a"),
+              lambda t: verify_choice(t, "B", {"options": ["x", "y"]}), extract_final_answer, last_code_block,
+              extract_math_answer]
+    t0 = time.monotonic()
+    for text in texts:
+        for check in checks:
+            check(text)
+    assert time.monotonic() - t0 < 20.0  # ~0.5 s when linear (78 scans of 100 KB)
