@@ -6,8 +6,11 @@ Nothing is mocked: Ray, TransferQueue, the FSDP2 actor, the hf rollout server an
 on the CPU. What is asserted, per recipe:
 
 * both steps completed (exit 0, metrics logged for steps 1 and 2 by verl's file logger);
-* the policy weights changed: the weights the actor sent to the rollout after step 1 (and 2) differ from the
-  initial ones (checksums from the rollout server's log);
+* the policy weights changed by a gradient step: the weights the actor sent to the rollout after step 1 (and 2)
+  differ from the initial ones (checksums from the rollout server's log), with weight decay off and a non-zero
+  ``actor/grad_norm``. SmolLM2-135M almost never earns the reward on these problems, so with GRPO alone the
+  advantages are all 0; the RLVR run adds a small entropy bonus (``entropy_coeff=1e-3``) so that its loss always
+  has a gradient; RL²F's world-model term gives it one whenever feedback was given;
 * the rollout used the updated weights in step 2: every generation of step 2 ran on the weights received after
   step 1 (server log), verl saw no stale trajectory, and the rollout's log-probs match the actor's
   recomputation (``training/rollout_probs_diff_max``), which only holds if both hold the same weights;
@@ -56,6 +59,10 @@ def data_dir(tmp_path_factory):
     return out
 
 
+# Weight changes must come from the loss, not from AdamW's decoupled weight decay.
+NO_DECAY = ["actor_rollout_ref.actor.optim.weight_decay=0.0"]
+
+
 def run_main_ppo(recipe: str, model_dir: str, data_dir, work, extra: list[str] = ()) -> dict:
     rollout_log, metrics_log = work / "rollout.jsonl", work / "metrics.jsonl"
     env = {**os.environ, "VERL_PLATFORM": "cpu", "RL2F_CPU_ROLLOUT_LOG": str(rollout_log),
@@ -94,6 +101,7 @@ def check_run(result: dict, extra_metrics: list[str]) -> None:
     assert updates[0]["checksum"] == pytest.approx(init["checksum"], rel=1e-9)  # step-0 sync = initial model
     assert updates[1]["checksum"] != updates[0]["checksum"], "actor weights did not change in step 1"
     assert updates[2]["checksum"] != updates[1]["checksum"], "actor weights did not change in step 2"
+    assert max(float(metrics[s]["actor/grad_norm"]) for s in (1, 2)) > 0
     # 4. step 2 was generated with the weights produced by step 1
     t1, t2 = updates[1]["time"], updates[2]["time"]
     step2_batches = [e for e in events if e["event"] == "generate_batch" and t1 < e["time"] < t2]
@@ -107,12 +115,13 @@ def check_run(result: dict, extra_metrics: list[str]) -> None:
 
 
 def test_rlvr_cpu_two_steps(model_dir, data_dir, tmp_path):
-    result = run_main_ppo("rlvr_cpu", model_dir, data_dir, tmp_path)
+    result = run_main_ppo("rlvr_cpu", model_dir, data_dir, tmp_path,
+                          NO_DECAY + ["actor_rollout_ref.actor.entropy_coeff=0.001"])
     check_run(result, [])
 
 
 def test_rl2f_cpu_two_steps(model_dir, data_dir, tmp_path):
-    result = run_main_ppo("rl2f_cpu", model_dir, data_dir, tmp_path)
+    result = run_main_ppo("rl2f_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
     check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/solve_rate", "rl2f/mean_student_turns"])
     for step in (1, 2):
         m = result["metrics"][step]
