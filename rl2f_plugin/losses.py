@@ -30,9 +30,10 @@ How the pieces reach this function in verl 0.9.1 (read from the code, see the te
 
 Metrics (``actor/`` prefix is added by the trainer):
   ``actor/wm_ce``     the CE term as added to the loss before ``coef`` (SUM-aggregated like ``pg_loss``:
-                      the value for the whole mini-batch). Per feedback token it is
-                      ``wm_ce * batch_num_tokens / wm_tokens`` under token-mean.
+                      the value for the whole mini-batch).
   ``actor/wm_tokens`` number of feedback tokens in the mini-batch (all DP ranks).
+  ``actor/wm_nll_sum`` summed NLL of those tokens; the trainer adds ``actor/wm_ce_per_token`` =
+                      ``wm_nll_sum / wm_tokens``, the plain per-feedback-token cross-entropy.
 
 Samples without a feedback mask (stock single-turn loops) leave the loss exactly verl's and log nothing extra.
 ``coef = 0`` returns verl's loss object unchanged (bit for bit) and still logs the metrics.
@@ -54,10 +55,13 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from .schema import FEEDBACK_MASK_KEY
 
-__all__ = ["aligned_feedback_mask", "feedback_positions", "rl2f_actor_loss", "make_actor_loss", "WM_CE_METRIC", "WM_TOKENS_METRIC"]
+__all__ = ["aligned_feedback_mask", "feedback_positions", "rl2f_actor_loss", "make_actor_loss", "WM_CE_METRIC", "WM_TOKENS_METRIC",
+           "WM_NLL_SUM_METRIC", "WM_CE_PER_TOKEN_METRIC", "per_token_ce"]
 
 WM_CE_METRIC = "actor/wm_ce"
 WM_TOKENS_METRIC = "actor/wm_tokens"
+WM_NLL_SUM_METRIC = "actor/wm_nll_sum"
+WM_CE_PER_TOKEN_METRIC = "actor/wm_ce_per_token"
 
 
 def _response_lengths(data: TensorDict) -> torch.Tensor:
@@ -219,6 +223,7 @@ def rl2f_actor_loss(
         rows, cols = feedback_positions(data)
         fb_log_prob = _gather_response_positions(log_probs, data, rows, cols).unsqueeze(0)
         n_feedback = rows.numel()
+        nll_sum = -fb_log_prob.detach().sum()
         ce = agg_loss(loss_mat=-fb_log_prob, loss_mask=torch.ones_like(fb_log_prob),
                       loss_agg_mode=config.loss_agg_mode, **batch_info)
     else:
@@ -226,6 +231,7 @@ def rl2f_actor_loss(
         fb_mask = aligned_feedback_mask(data, log_prob.shape[1], device=log_prob.device)
         ce = agg_loss(loss_mat=-log_prob, loss_mask=fb_mask, loss_agg_mode=config.loss_agg_mode, **batch_info)
         n_feedback = int(fb_mask.sum().item())
+        nll_sum = -(log_prob.detach() * fb_mask).sum()
 
     if wm_coef:
         loss = loss + wm_coef * ce
@@ -234,7 +240,18 @@ def rl2f_actor_loss(
     # SUM over micro-batches, mean over DP ranks (Metric.aggregate_dp): scale by dp_size to count all ranks.
     dp_size = int(batch_info.get("dp_size", 1) or 1)
     metrics[WM_TOKENS_METRIC] = Metric(value=float(n_feedback * dp_size), aggregation=AggregationType.SUM)
+    metrics[WM_NLL_SUM_METRIC] = Metric(value=float(nll_sum) * dp_size, aggregation=AggregationType.SUM)
     return loss, metrics
+
+
+def per_token_ce(metrics: dict) -> float | None:
+    """Mean cross-entropy per feedback token from reduced actor metrics (``wm_nll_sum / wm_tokens``: both are
+    global mini-batch totals averaged over the step's mini-batches, so the ratio is the token-weighted mean)."""
+    tokens = metrics.get(WM_TOKENS_METRIC)
+    nll = metrics.get(WM_NLL_SUM_METRIC)
+    if tokens is None or nll is None or not float(tokens) > 0:
+        return None
+    return float(nll) / float(tokens)
 
 
 _TOKEN_AGG_MODES = ("token-mean", "token-sum")

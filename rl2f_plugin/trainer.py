@@ -37,7 +37,7 @@ from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.config import omega_conf_to_dataclass
 
-from .losses import make_actor_loss
+from .losses import WM_CE_PER_TOKEN_METRIC, make_actor_loss, per_token_ce
 from .metrics import training_metrics
 from .schema import rl2f_section
 
@@ -94,6 +94,9 @@ class RL2FTrainerMixin:
     # --- 2. per-step RL²F training metrics --------------------------------------------------------------------
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
+        ce = per_token_ce(metrics)
+        if ce is not None:
+            metrics[WM_CE_PER_TOKEN_METRIC] = ce
         try:
             metrics.update(self.rl2f_training_metrics(batch))
         except ValueError as exc:  # malformed rl2f extra fields: report loudly, but never kill a training run

@@ -223,8 +223,9 @@ def test_compute_metrics_logs_rl2f_metrics_per_step(monkeypatch):
     batch = KVBatchMeta(partition_id="train", keys=keys + ["pad_0_0"], tags=tags + [pad_tag])
     assert pad_tag["is_padding"] and pad["extra_fields"][schema.EF_SOLVED_AT_TURN] == 1  # copied fields
 
-    metrics = {}
+    metrics = {"actor/wm_nll_sum": 30.0, "actor/wm_tokens": 12.0}  # reduced actor metrics of the step
     trainer._compute_metrics(batch, metrics, timing_raw={"step": 1.0, "gen": 0.5}, global_steps=1, epoch=0)
+    assert metrics["actor/wm_ce_per_token"] == 2.5
     assert "training/num_turns/mean" in metrics and "critic/score/mean" in metrics  # verl's own still there
     assert [metrics[f"rl2f/acc_turn{k}"] for k in range(1, 5)] == [0.25, 0.5, 0.75, 0.75]
     assert metrics["rl2f/solve_rate"] == 0.75

@@ -28,11 +28,20 @@ from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.metric import Metric, reduce_metrics
 from verl.workers.engine.utils import prepare_micro_batches
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from rl2f_plugin.losses import WM_CE_METRIC, WM_TOKENS_METRIC, aligned_feedback_mask, make_actor_loss, rl2f_actor_loss
+from rl2f_plugin.losses import (
+    WM_CE_METRIC,
+    WM_NLL_SUM_METRIC,
+    WM_TOKENS_METRIC,
+    aligned_feedback_mask,
+    make_actor_loss,
+    per_token_ce,
+    rl2f_actor_loss,
+)
 from rl2f_plugin.schema import FEEDBACK_MASK_KEY
 
 EOS = 2
@@ -212,6 +221,8 @@ def test_ce_term_equals_hand_computation(verl_cfg, actor_cfg, adv_estimator):
     assert n_fb == 3 + 4 + 2 + 5
     assert metrics[WM_CE_METRIC].values[0] == pytest.approx(expected_ce, rel=1e-6)
     assert metrics[WM_TOKENS_METRIC].values[0] == n_fb
+    assert metrics[WM_NLL_SUM_METRIC].values[0] == pytest.approx(nll, rel=1e-6)
+    assert per_token_ce(reduce_metrics(dict(metrics))) == pytest.approx(nll / n_fb, rel=1e-6)
     assert float(loss) == pytest.approx(float(base) + coef * expected_ce, rel=1e-6)
 
 
@@ -279,15 +290,21 @@ def test_invariant_to_micro_batching_and_dp(verl_cfg, actor_cfg):
 
     # 2 data-parallel ranks: each sees half the batch, the global token count and dp_size=2; FSDP averages grads
     grads = [torch.zeros_like(p) for p in params]
+    rank_metrics = []
     for rank_rows in ([0, 2], [1, 3]):
         shard = tu.index_select_tensor_dict(td, torch.tensor(rank_rows))
         data = engine_view(shard, dp_size=2, batch_num_tokens=n_tokens)
         _, m, g = _run(loss_fn, data, params, rows=rank_rows)
-        assert m[WM_TOKENS_METRIC].values[0] % 2 == 0  # counted for both ranks
+        rank_metrics.append(m)
         for r in rank_rows:
             grads[r] += g[r] / 2  # all-reduce mean over dp
     for g, ref in zip(grads, full_g, strict=True):
         torch.testing.assert_close(g, ref)
+    # verl's DP metric aggregation (Metric.aggregate_dp, as TrainingWorker.train_mini_batch does) gives the
+    # single-rank values back: the CE term, the feedback-token count and the NLL sum of the whole batch
+    for key in (WM_CE_METRIC, WM_TOKENS_METRIC, WM_NLL_SUM_METRIC):
+        agg = Metric.aggregate_dp([rm[key] for rm in rank_metrics])
+        assert agg == pytest.approx(full_m[key].values[0], rel=1e-6), key
 
 
 def test_batches_without_feedback_mask_are_exactly_verl(verl_cfg, actor_cfg):
