@@ -158,6 +158,17 @@ def install_audit_hook(root):
     sys.addaudithook(hook)
 
 
+def _stdin_fd_from(data, i):
+    """Make fd 0 a file holding `data` (inside the sandbox dir)."""
+    path = f".stdin_{i}"
+    with open(path, "wb") as f:
+        f.write(data)
+    fd = os.open(path, os.O_RDONLY)
+    if fd != 0:  # fd 0 may be free (the previous case's open(0) closed it) and then os.open returns 0
+        os.dup2(fd, 0)
+        os.close(fd)
+
+
 def _compare_outputs(expected, got):
     exp_lines = [ln.rstrip() for ln in expected.strip().splitlines()]
     got_lines = [ln.rstrip() for ln in got.strip().splitlines()]
@@ -286,7 +297,9 @@ def main():
             inp = case.get("input", "")
             emit(ev="start", i=i, src=_trim(f"stdin: {inp!r}", 300))
             stdout = CappedText(cap)
-            sys.stdin = io.TextIOWrapper(io.BytesIO(str(inp).encode()), encoding="utf-8")
+            data = str(inp).encode()
+            sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+            _stdin_fd_from(data, i)  # for open(0) / os.read(0, ...) style programs
             sys.stdout = sys.stderr = stdout
             ns = {"__name__": "__main__", "__builtins__": builtins}
             err = None

@@ -83,6 +83,8 @@ def test_stdin_stdout_tests():
     wrong = verify_code(block("a, b = map(int, input().split())\nprint(a - b if a > 3 else a + b)"), IO_GT, timeout=T)
     assert wrong.score == 0.0 and wrong.details["status"] == "wrong_answer"
     assert wrong.details["tests_passed"] == 1 and wrong.details["expected"] == "12" and wrong.details["got"] == "-2\n"
+    via_fd0 = verify_code(block("a, b = map(int, open(0).read().split())\nprint(a + b)"), IO_GT, timeout=T)
+    assert via_fd0.score == 1.0, via_fd0.details
     floats = {"io": [{"input": "", "output": "0.3333333"}]}
     assert verify_code(block("print(1/3)"), floats, timeout=T).score == 1.0
 
