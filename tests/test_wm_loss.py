@@ -383,3 +383,26 @@ def test_other_loss_agg_modes_follow_verl(verl_cfg, actor_cfg, mode):
         "seq-mean-token-mean": sum(s / n if n else 0.0 for s, n in zip(per_seq_sum, per_seq_n)) / gbs,
     }[mode]
     assert m[WM_CE_METRIC].values[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_kl_loss_stays_on_student_tokens(verl_cfg):
+    """With verl's KL loss on (actor.use_kl_loss), the RL side still touches only student tokens and the
+    world-model term only feedback tokens."""
+    actor_cfg = omega_conf_to_dataclass(
+        compose_verl("actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.kl_loss_coef=0.5")
+        .actor_rollout_ref.actor
+    )
+    assert actor_cfg.use_kl_loss
+    td, params = build_batch(verl_cfg.algorithm, "grpo")
+    g = torch.Generator().manual_seed(3)
+    old = td["old_log_probs"].to_padded_tensor(0.0)
+    td["ref_log_prob"] = response_to_nested(old - torch.rand(old.shape, generator=g), td["response_mask"])
+    data = engine_view(td)
+    _, m_rl, g_rl = _run(lambda **kw: ppo_loss(actor_cfg, **kw), data, params)
+    assert "kl_loss" in m_rl
+    _, _, g_all = _run(make_actor_loss(actor_cfg, wm_coef=1.0), data, params)
+    for row in range(4):
+        rl_nz = set(torch.nonzero(g_rl[row].abs() > 0).flatten().tolist())
+        ce_nz = set(torch.nonzero((g_all[row] - g_rl[row]).abs() > 1e-9).flatten().tolist())
+        assert rl_nz == _positions(td, row, "student"), row
+        assert ce_nz == _positions(td, row, FEEDBACK_MASK_KEY), row
