@@ -233,6 +233,8 @@ def rl2f_actor_loss(
         n_feedback = int(fb_mask.sum().item())
         nll_sum = -(log_prob.detach() * fb_mask).sum()
 
+    if n_feedback == 0:  # nothing to predict in this micro-batch (agg_loss would divide 0 by 0 without global info)
+        ce = torch.zeros((), dtype=ce.dtype, device=ce.device)
     if wm_coef:
         loss = loss + wm_coef * ce
     metrics = dict(metrics)

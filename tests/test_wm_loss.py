@@ -406,3 +406,16 @@ def test_kl_loss_stays_on_student_tokens(verl_cfg):
         ce_nz = set(torch.nonzero((g_all[row] - g_rl[row]).abs() > 1e-9).flatten().tolist())
         assert rl_nz == _positions(td, row, "student"), row
         assert ce_nz == _positions(td, row, FEEDBACK_MASK_KEY), row
+
+
+def test_micro_batch_without_feedback_tokens_adds_exactly_zero(verl_cfg, actor_cfg):
+    td, params = build_batch(verl_cfg.algorithm, "grpo", with_padding_row=False)
+    shard = tu.index_select_tensor_dict(td, torch.tensor([1]))  # u1/1: solved at once, no feedback turn
+    for info in ({"batch_num_tokens": int(td["loss_mask"].sum())}, {}):  # with and without the engine's global info
+        data = shard.clone()
+        tu.assign_non_tensor(data, dp_size=1, global_batch_size=4, **info)
+        if not info:
+            tu.assign_non_tensor(data, batch_num_tokens=None)
+        ref, _, _ = _run(lambda **kw: ppo_loss(actor_cfg, **kw), data, params, rows=[1])
+        loss, m, _ = _run(make_actor_loss(actor_cfg, wm_coef=0.3), data, params, rows=[1])
+        assert torch.equal(loss, ref) and m[WM_CE_METRIC].values[0] == 0.0 and m[WM_TOKENS_METRIC].values[0] == 0
