@@ -124,11 +124,21 @@ def _rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(proc: subprocess.Popen, wait: float = 2.0) -> None:
+    """SIGKILL `proc`'s process group and wait (bounded) until its members are gone: we reap `proc`; other
+    members (the runner under ``unshare --fork``) are reaped by someone else, a moment later."""
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        proc.poll()
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.005)
 
 
 def run_code(code: str, ground_truth: Any, timeout: float | None = None, memory_mb: int | None = None,
@@ -201,12 +211,12 @@ def _run_job(job: dict, wall: float) -> dict[str, Any]:
                     got_done = True
                     break  # the runner reported its result; whatever else holds the pipe is killed below
             if timed_out:
-                _kill_group(proc.pid)
+                _kill_group(proc)
             try:  # after its report the runner only has to exit; lingering threads are not waited for
                 proc.wait(timeout=1.0 if got_done else max(0.5, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 timed_out = timed_out or not got_done
-                _kill_group(proc.pid)
+                _kill_group(proc)
                 proc.wait(timeout=10)
             for line in buf.split(b"\n"):
                 try:
@@ -219,7 +229,7 @@ def _run_job(job: dict, wall: float) -> dict[str, Any]:
             stderr_tail = errf.read(4096).decode("utf-8", "replace")
     finally:
         if proc is not None:
-            _kill_group(proc.pid)
+            _kill_group(proc, wait=0.0 if proc.returncode is not None and not timed_out else 2.0)
         if w_fd >= 0:
             os.close(w_fd)
         os.close(r_fd)
