@@ -5,8 +5,8 @@ line) and checks it against `gold`. ``check_math_answer(pred, gold)`` checks a b
 uses it on spans of teacher feedback).
 
 Equivalence, in order (the first that says "equal" wins):
-  1. identical after whitespace / ``$`` / ``\\left`` ``\\right`` / trailing-period clean-up (in the caller,
-     no process hop);
+  1. identical after whitespace / ``$`` / ``\\left`` ``\\right`` / trailing-period clean-up, or two plain
+     integers compared exactly (in the caller, no process hop);
   2. math-verify ``verify(parse(gold), parse(pred))`` (fractions, decimals, LaTeX, sets, intervals, ``1,000``,
      ``x = 3`` vs ``3``, ``\\text{cm}`` units);
   3. the same after our normalisation (``\\text{...}`` and bare trailing unit words stripped, ``\\dfrac``,
@@ -48,6 +48,7 @@ def extract_math_answer(response: str) -> str | None:
 
 
 _WS = re.compile(r"\s+")
+_INT = re.compile(r"[-+]?\d{1,60}")
 
 
 def normalize_math_text(s: str) -> str:
@@ -78,8 +79,13 @@ def check_math_answer(pred: str, gold: Any, timeout: float | None = None) -> Ver
         return Verdict(0.0, f"answer too long ({len(pred_s)} > {max_chars} chars)", trim(pred_s, 100))
     if not gold_s:
         return Verdict(0.0, "empty ground truth", pred_s)
-    if normalize_math_text(pred_s) == normalize_math_text(gold_s):
+    norm_pred, norm_gold = normalize_math_text(pred_s), normalize_math_text(gold_s)
+    if norm_pred == norm_gold:
         return Verdict(1.0, "correct (identical)", pred_s, {"method": "identical"})
+    if _INT.fullmatch(norm_pred) and _INT.fullmatch(norm_gold):  # two plain integers: exact, no process hop
+        same = int(norm_pred) == int(norm_gold)
+        return Verdict(1.0 if same else 0.0, "correct (integer)" if same else "not equivalent to the ground truth",
+                       pred_s, {"method": "integer"})
     if len(gold_s) > 10 * max_chars:
         return Verdict(0.0, f"ground truth too long ({len(gold_s)} chars)", pred_s)
     t = limit("math_timeout", timeout)
