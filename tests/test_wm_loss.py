@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 import verl
 from hydra import compose, initialize_config_dir
-from tensordict import TensorDict
 from verl import DataProto
 from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
