@@ -249,6 +249,20 @@ def test_server_ignoring_max_tokens_cannot_overflow():
     assert len(out.response_ids) == 6 and out.response_mask == [1] * 6 and out.extra_fields[schema.EF_TRUNCATED] == 1
 
 
+def test_reply_cut_by_the_server_is_closed_before_feedback():
+    tok, _ = _tok("qwen_style")
+    out, server, _ = rollout(["The sum of two and three is 4 I think", "5"], ["Recount."], server_kwargs={"server_cap": 6})
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    first = tok.encode("The sum of two and three is 4 I think", add_special_tokens=False)[:6]
+    fb = tok.encode("Recount.", add_special_tokens=False)
+    assert runs(out.response_mask, out.response_ids) == [first, tok.encode("5", add_special_tokens=False) + [end]]
+    # the template's <|im_end|> (mask 0, not generated) then Qwen's "\n" boundary, then the feedback turn
+    i = len(first)
+    assert out.response_ids[i] == end and out.response_mask[i] == 0 and out.feedback_mask[i] == 0
+    assert runs(out.feedback_mask, out.response_ids) == [fb]
+    assert tok.decode(out.response_ids).startswith(tok.decode(first) + "<|im_end|>\n<|im_start|>user\nRecount.<|im_end|>")
+
+
 def test_leaking_teacher_is_caught_and_regenerated():
     leaky = ["The answer is 5.", "Try x = 10/2 instead.", "Start from two and count three more."]
     out, server, tok = rollout(["4", "5"], leaky, rl2f={"leak_guard": {"max_regenerations": 2}})

@@ -199,6 +199,7 @@ class DidacticAgentLoop(AgentLoopBase):
             teacher_errors += int(fb["error"] is not None)
             if fb["text"] is None:  # teacher failed and on_teacher_error == "stop"
                 break
+            self._close_open_turn(traj)
             if not await self._append_feedback(traj, messages, fb["text"]):
                 truncated = True
                 break
@@ -287,6 +288,19 @@ class DidacticAgentLoop(AgentLoopBase):
             assistant_logprobs=out_logprobs)
         self._apply_merge(traj, merge, mask, logprobs)
         return token_ids, hit_budget
+
+    def _close_open_turn(self, traj: _Trajectory) -> None:
+        """If the student's reply stopped without the template's end-of-turn token (a server-side token cap or
+        stop string), append that token (mask 0: the model did not generate it) so the next turn is framed as
+        the chat template frames it."""
+        close = _assistant_close_ids(self.continuous_token_builder)
+        if not close or traj.runtime_ids[-len(close):] == close:
+            return
+        traj.runtime_ids = traj.runtime_ids + close
+        traj.response_mask = traj.response_mask + [0] * len(close)
+        traj.feedback_mask.extend([0] * len(close))
+        if traj.logprobs:
+            traj.logprobs = traj.logprobs + [0.0] * len(close)
 
     async def _append_feedback(self, traj: _Trajectory, messages: list[dict], text: str) -> bool:
         """Append `text` as a user turn (mask 0, feedback_mask 1 on its content). False if it does not leave
@@ -457,7 +471,7 @@ def _user_turn_frame(builder: ContinuousTokenBuilder) -> tuple[list[int], list[i
     """Token ids the builder puts before and after a user message's content when it appends a user turn
     (e.g. ``<|im_start|>user\n`` and ``<|im_end|>\n<|im_start|>assistant\n``), found once per builder type,
     tokenizer and template by diffing two renders; None when the template does not frame content that way."""
-    key = (type(builder), id(builder.tokenizer), len(builder.tokenizer), getattr(builder.tokenizer, "chat_template", None),
+    key = (type(builder), id(builder.tokenizer), getattr(builder.tokenizer, "chat_template", None),
            repr(sorted(builder.chat_template_kwargs.items())))
     if key not in _FRAMES:
         frame = None
@@ -474,6 +488,31 @@ def _user_turn_frame(builder: ContinuousTokenBuilder) -> tuple[list[int], list[i
             frame = None
         _FRAMES[key] = frame
     return _FRAMES[key]
+
+
+_CLOSERS: dict[tuple, list[int]] = {}
+
+
+def _assistant_close_ids(builder: ContinuousTokenBuilder) -> list[int]:
+    """The special token(s) the chat template puts right after an assistant message's content (ChatML:
+    ``<|im_end|>``), found once per builder type/tokenizer/template by diffing two renders; [] if none."""
+    key = (type(builder), id(builder.tokenizer), getattr(builder.tokenizer, "chat_template", None))
+    if key not in _CLOSERS:
+        close: list[int] = []
+        try:
+            tok = builder.tokenizer
+            prefix = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+            a = builder.render_delta_token_id(prefix, [{"role": "assistant", "content": "Zq"}])
+            b = builder.render_delta_token_id(prefix, [{"role": "assistant", "content": "Yw kx. 7"}])
+            t = next((i for i, (x, y) in enumerate(zip(reversed(a), reversed(b))) if x != y), min(len(a), len(b)))
+            tail = a[len(a) - t:]
+            special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
+            if tail and tail[0] in special:
+                close = [tail[0]]
+        except Exception:  # noqa: BLE001 - leave turns as generated
+            close = []
+        _CLOSERS[key] = close
+    return _CLOSERS[key]
 
 
 @functools.lru_cache(maxsize=16)

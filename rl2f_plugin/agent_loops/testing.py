@@ -148,13 +148,14 @@ class ScriptedServer:
 
     def __init__(self, tokenizer, student: Script, teacher: Script = ("Check your arithmetic.",), *,
                  latency_s: float = 0.0, teacher_latency_s: float | None = None, global_steps: int = 7,
-                 decode_prompts: bool = True, end_token: str = "<|im_end|>"):
+                 decode_prompts: bool = True, end_token: str = "<|im_end|>", server_cap: int | None = None):
         self.tokenizer = tokenizer
         self.student, self.teacher = student, teacher
         self.latency_s = latency_s
         self.teacher_latency_s = latency_s if teacher_latency_s is None else teacher_latency_s
         self.global_steps = global_steps
         self.decode_prompts = decode_prompts
+        self.server_cap = server_cap  # the server's own limit on new tokens (like a max_model_len cut)
         self.end_id = tokenizer.convert_tokens_to_ids(end_token)
         self.calls: list[dict[str, Any]] = []
         self._per_request: dict[str, int] = {}
@@ -193,6 +194,8 @@ class ScriptedServer:
         max_tokens = sampling_params.get("max_tokens")
         if max_tokens is not None:
             ids = ids[: int(max_tokens)]
+        if self.server_cap is not None:
+            ids = ids[: self.server_cap]
         logprobs = [-0.25] * len(ids) if sampling_params.get("logprobs") else None
         return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed", num_preempted=0,
                            extra_fields={"global_steps": self.global_steps, "min_global_steps": self.global_steps,
