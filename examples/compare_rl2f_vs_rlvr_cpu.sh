@@ -12,7 +12,7 @@
 #
 # Environment: STEPS (training steps per recipe, default 4), TRAIN_SIZE (default 64), EVAL_SIZE (held-out problems,
 # default 32), EVAL_TURNS (K in evaluation, default 4), EVAL_TEACHER (self | template | none, default self),
-# EVAL_MAX_NEW_TOKENS (per student turn, default 64), GENERATOR (reasoning-gym generator, default basic_arithmetic),
+# EVAL_MAX_NEW_TOKENS (per student turn, default 64), EVAL_LIMIT (evaluate only the first N held-out rows), GENERATOR (reasoning-gym generator, default basic_arithmetic),
 # OUT (default ./outputs/compare_cpu), RL2F_CACHE (default ~/.cache/rl2f), PYTHON, SKIP_TRAIN=1 (evaluate existing
 # checkpoints in OUT again), DRY_RUN=1 (print the commands only). Re-running resumes the evaluations.
 set -euo pipefail
@@ -74,7 +74,7 @@ evaluate() {  # $1 = label, $2 = model folder
   run "$PY" -m rl2f_plugin.eval --data "$DATA/test.parquet" --out "$OUT/eval/$1.jsonl" --name "$1" \
       --student "hf:$2" --teacher "$EVAL_TEACHER" --max-turns "$EVAL_TURNS" --recipe "$REPO/recipes/rl2f_cpu.yaml" \
       --response-length $(( (EVAL_MAX_NEW_TOKENS + 64) * EVAL_TURNS )) --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
-      --prompt-length 1024 --concurrency 8 --batch-size 8 --no-progress || [[ $? == 1 ]]  # exit 1 = some problems errored (kept in the file)
+      --prompt-length 1024 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} --concurrency 8 --batch-size 8 --no-progress || [[ $? == 1 ]]  # exit 1 = some problems errored (kept in the file)
 }
 evaluate base "$MODEL"
 evaluate rlvr "$OUT/rlvr_cpu/checkpoints/global_step_$STEPS/actor/huggingface"
