@@ -324,6 +324,19 @@ def test_template_teacher_needs_no_llm():
     assert fb.startswith("Your final answer (4) is incorrect.")
 
 
+def test_execution_teacher_with_the_real_code_task():
+    wrong = "```python\ndef add(a, b):\n    return a - b\n```"
+    right = "```python\ndef add(a, b):\n    return a + b\n```"
+    gt = {"tests": "assert add(1, 2) == 3\nassert add(2, 2) == 4", "entry_point": "add"}
+    sample = {**SAMPLE, "raw_prompt": [{"role": "user", "content": "Write add(a, b)."}], "data_source": "code",
+              "reward_model": {"ground_truth": gt}}
+    out, server, tok = rollout([wrong, right], rl2f={"teacher": {"name": "execution"}}, sample=sample)
+    assert [c["kind"] for c in server.calls] == ["student", "student"]  # no LLM involved
+    fb = tok.decode([t for t, f in zip(out.response_ids, out.feedback_mask) if f])
+    assert "Failing test:\nassert add(1, 2) == 3" in fb and "Got:\n-1" in fb
+    assert out.extra_fields[schema.EF_SOLVED_AT_TURN] == 2 and out.reward_score == 1.0
+
+
 def test_autodidact_critiques_without_privileged_info():
     out, server, tok = rollout(["4", "5"], ["You added wrong; redo the addition."], loop="rl2f_autodidact")
     critic_prompt = tok.decode(server.calls[1]["prompt_ids"])

@@ -87,7 +87,7 @@ def test_real_model_didactic_rollout(smollm2):
         loops = [make_loop("rl2f_didactic", config=cfg, server_manager=server, tokenizer=tok, hf_model_type="llama")
                  for _ in PROBLEMS]
         return await asyncio.gather(*(
-            lp.run({"temperature": 0.0, "logprobs": True}, raw_prompt=[{"role": "user", "content": q}],
+            lp.run({"temperature": 0.0, "logprobs": True}, raw_prompt=task.render_prompt(q),
                    reward_model={"ground_truth": a}, data_source="math", extra_info={"index": i}, index=i)
             for i, (lp, (q, a)) in enumerate(zip(loops, PROBLEMS))))
 
@@ -108,7 +108,7 @@ def test_real_model_didactic_rollout(smollm2):
         assert len(student) == k and len(feedback) == (k - 1 if not ef[schema.EF_TRUNCATED] else len(feedback))
         texts = [tok.decode(r, skip_special_tokens=True) for r in student]
         fb_texts = [tok.decode(r) for r in feedback]
-        conv = [{"role": "user", "content": question}]
+        conv = list(task.render_prompt(question))
         for i, t in enumerate(texts):
             conv.append({"role": "assistant", "content": t})
             if i < len(fb_texts):
