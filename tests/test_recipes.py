@@ -1,6 +1,8 @@
 """The GPU recipes in recipes/ compose through verl's real Hydra config (ppo_trainer from the installed verl
-0.9.1), pass verl's own pre-flight checks (`validate_config`, as main_ppo runs them) and resolve to the values
-the recipes promise (paper companion defaults, rl2f section, agent loop, trainer mode, reward path).
+0.9.1; in-process with Hydra's compose API, and through ``python -m verl.trainer.main_ppo ... --cfg job`` as the
+launch scripts run it), pass verl's own pre-flight checks (`validate_config`, as main_ppo runs them) and
+resolve to the values the recipes promise (paper companion defaults, rl2f section, agent loop, trainer mode,
+reward path).
 
 Nothing is mocked; no GPU is needed because nothing is launched (``--cfg job`` only prints the config)."""
 
@@ -34,21 +36,6 @@ def recipe(request):
     cfg = _compose(request.param)
     OmegaConf.resolve(cfg)
     return request.param, cfg
-
-
-@pytest.mark.parametrize("name", RECIPES)
-def test_main_ppo_cfg_job_composes(name, tmp_path):
-    """What CI runs: verl's real entry point composes the recipe and prints it (no training)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_MODULES",)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={RECIPES_DIR}", f"--config-name={name}",
-         "--cfg", "job"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = yaml.safe_load(proc.stdout[proc.stdout.index("actor_rollout_ref:"):])
-    assert printed["algorithm"]["adv_estimator"] == "grpo"
-    assert printed["actor_rollout_ref"]["rollout"]["n"] == 8
-    assert printed["trainer"]["experiment_name"] == name
 
 
 def test_verl_preflight_checks_pass(recipe):
@@ -182,7 +169,13 @@ def test_launch_scripts_prepare_validate_and_compose(tmp_path):
     env.update(DATA_DIR=str(tmp_path / "data"), TRAIN_SOURCE="reasoning_gym", VAL_SOURCE="champ",
                RG_GENERATORS="basic_arithmetic,chain_sum", RG_TRAIN_SIZE="16", RG_TEST_SIZE="4",
                DRY_RUN="1", MODEL="/models/some-8b-instruct", PYTHON=sys.executable)
-    for i, name in enumerate(RECIPES):
+    # rl2f_grpo_wm's script is the same launcher with the other recipe name (checked below), so running
+    # the RL²F and the RLVR launcher covers every line while keeping CI short.
+    wm = (REPO / "examples" / "run_rl2f_grpo_wm.sh").read_text()
+    plain = (REPO / "examples" / "run_rl2f_grpo.sh").read_text()
+    assert wm.split("set -euo pipefail", 1)[1] == plain.split("set -euo pipefail", 1)[1].replace(
+        "--config-name=rl2f_grpo", "--config-name=rl2f_grpo_wm")
+    for i, name in enumerate(["rl2f_grpo", "rlvr_grpo"]):
         proc = subprocess.run(["bash", str(REPO / "examples" / f"run_{name}.sh"), "trainer.total_training_steps=7"],
                               capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
