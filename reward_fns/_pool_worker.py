@@ -137,7 +137,9 @@ def main() -> None:
         if fn is None:
             _write(out, {"id": job_id, "ok": False, "error": f"unknown job {job.get('fn')!r}", "timeout": False})
             continue
-        soft = float(job.get("soft_timeout") or 0) * 0.9
+        limit = float(job.get("soft_timeout") or 0)
+        # leave the answer time to get back before the parent's hard deadline, even on a loaded machine
+        soft = limit - max(0.1 * limit, 0.5) if limit > 1.0 else limit * 0.5
         try:
             if soft > 0:
                 signal.setitimer(signal.ITIMER_REAL, soft)

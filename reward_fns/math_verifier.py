@@ -23,6 +23,7 @@ Answers longer than ``max_answer_chars`` score 0 unchecked.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -138,15 +139,22 @@ def _percent_value(s: str) -> str | None:
     return m.group(1).strip() if m and m.group(1).strip() else None
 
 
-def _mv_equal(gold: str, pred: str) -> tuple[bool, list, list]:
-    from math_verify import parse, verify
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> tuple:
+    """math-verify's parse of `text` (as ``$text$``, else bare), cached: in GRPO the same gold answer is
+    checked once per sample of its group, and identical student answers are common."""
+    from math_verify import parse
 
-    gp = parse(f"${gold}$", parsing_timeout=None)
-    pp = parse(f"${pred}$", parsing_timeout=None)
-    if not gp:
-        gp = parse(gold, parsing_timeout=None)
-    if not pp:
-        pp = parse(pred, parsing_timeout=None)
+    out = parse(f"${text}$", parsing_timeout=None)
+    if not out:
+        out = parse(text, parsing_timeout=None)
+    return tuple(out)
+
+
+def _mv_equal(gold: str, pred: str) -> tuple[bool, list, list]:
+    from math_verify import verify
+
+    gp, pp = list(_parse(gold)), list(_parse(pred))
     ok = bool(gp and pp and verify(gp, pp, timeout_seconds=None))
     return ok, gp, pp
 

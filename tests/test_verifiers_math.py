@@ -178,7 +178,7 @@ def test_pool_hard_kills_a_job_that_blocks_signals():
         t0 = time.monotonic()
         with pytest.raises(PoolTimeout):
             pool.call("test_block", {"seconds": 60}, timeout=1.0)
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 1.0 + 4.0  # the limit (+ kill/teardown on a loaded box)
         assert pool.kills == 1
         with pytest.raises(ProcessLookupError):  # the stuck worker is gone
             for _ in range(50):
@@ -195,7 +195,7 @@ def test_pool_soft_timeout_keeps_worker():
     try:
         pid = pool.call("test_echo", {}, timeout=30)["pid"]
         with pytest.raises(PoolTimeout):
-            pool.call("test_spin", {}, timeout=1.0)
+            pool.call("test_spin", {}, timeout=2.0)  # the worker's own alarm stops it at 1.5 s
         assert pool.kills == 0
         assert pool.call("test_echo", {}, timeout=30)["pid"] == pid
     finally:
