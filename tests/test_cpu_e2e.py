@@ -114,12 +114,14 @@ def check_run(result: dict, extra_metrics: list[str]) -> None:
     assert float(metrics[2]["training/rollout_probs_diff_max"]) < 1e-2
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rlvr_cpu_two_steps(model_dir, data_dir, tmp_path):
     result = run_main_ppo("rlvr_cpu", model_dir, data_dir, tmp_path,
                           NO_DECAY + ["actor_rollout_ref.actor.entropy_coeff=0.001"])
     check_run(result, [])
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rl2f_cpu_two_steps(model_dir, data_dir, tmp_path):
     result = run_main_ppo("rl2f_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
     check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/solve_rate", "rl2f/mean_student_turns"])

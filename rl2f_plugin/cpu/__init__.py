@@ -17,7 +17,12 @@ from __future__ import annotations
 
 from . import patches
 from .patches import SUPPORTED_VERL_VERSION, VerlVersionError, require_verl_version, when_imported
-from .platform import PLATFORM_NAME, PlatformCPU, cpu_platform_selected
+
+# Before registering anything: on another verl, register nothing (a half-registered cpu platform would fail later
+# and obscurely); rl2f's registration logs this error as a WARNING and verl reports the platform as unknown.
+require_verl_version("cpu backend")
+
+from .platform import PLATFORM_NAME, PlatformCPU, cpu_platform_selected  # noqa: E402
 
 ROLLOUT_NAME = "hf"
 ADAPTER_PATH = "rl2f_plugin.cpu.rollout.HFServerAdapter"

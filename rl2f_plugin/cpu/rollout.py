@@ -223,7 +223,6 @@ class HFRolloutServer:
         self._wakeup: Optional[asyncio.Event] = None
         self._worker: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()
-        self._paused = False
         self._log_path = os.environ.get(ROLLOUT_LOG_ENV) or None
         self._batches = 0
         self._log({"event": "init", "model_path": self.model_path, "threads": threads,
@@ -305,10 +304,8 @@ class HFRolloutServer:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            await asyncio.sleep(0.02)  # let concurrent requests of one agent-loop wave arrive
+            await self._gather_wave()
             while self._pending:
-                if self._paused:
-                    break
                 key = self._pending[0][0]
                 batch = [p for p in self._pending if p[0] == key][: self.max_batch]
                 for item in batch:
@@ -336,6 +333,15 @@ class HFRolloutServer:
                     if not item[3].done():
                         item[3].set_result((ids, lps, reason))
 
+    async def _gather_wave(self, quiet_s: float = 0.05, max_wait_s: float = 0.5) -> None:
+        """Let the requests of one agent-loop wave arrive: wait until none came for `quiet_s` (at most
+        `max_wait_s`), so they share one batched ``generate`` (a few ms against seconds of decoding)."""
+        waited, seen = 0.0, -1
+        while waited < max_wait_s and len(self._pending) != seen and len(self._pending) < self.max_batch:
+            seen = len(self._pending)
+            await asyncio.sleep(quiet_s)
+            waited += quiet_s
+
     def _generate_locked(self, prompts, **kwargs):
         with self._model_lock:
             return self.gen.generate_batch(prompts, **kwargs)
@@ -360,7 +366,6 @@ class HFRolloutServer:
         return {"aborted_count": 0, "request_ids": []}
 
     async def resume_generation(self):
-        self._paused = False
         if self._wakeup is not None:
             self._wakeup.set()
 
