@@ -93,6 +93,21 @@ def test_version_guard_fails_loudly_on_other_verl(monkeypatch):
         patches.install()
 
 
+def test_other_verl_version_registers_nothing_and_reports_it():
+    """On a verl other than 0.9.1 the CPU backend registers nothing and rl2f reports why (WARNING + errors)."""
+    out = _run_py("""
+        import json
+        import verl                                   # VERL_USE_EXTERNAL_PLUGINS=none: rl2f not loaded yet
+        verl.__version__ = "0.10.0"
+        import rl2f_plugin
+        from verl.plugin.platform.platform_manager import PlatformRegistry
+        print(json.dumps({"errors": rl2f_plugin.REGISTRATION_ERRORS, "cpu": PlatformRegistry.get("cpu") is not None}))
+    """, VERL_USE_EXTERNAL_PLUGINS="none")
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["cpu"] is False
+    assert "VerlVersionError" in got["errors"]["rl2f_plugin.cpu"] and "0.10.0" in got["errors"]["rl2f_plugin.cpu"]
+
+
 def test_gloo_patch_is_applied_and_initialises_a_cpu_process_group():
     out = _run_py("""
         import os, json, torch
