@@ -116,7 +116,7 @@ def verify_math(response: str, gold: Any, timeout: float | None = None) -> Verdi
 # ------------------------------------------------------------------------------------------------------
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mbox|textrm|operatorname)\s*\{([^{}]*)\}")
 _UNIT_TAIL = re.compile(r"^([-+]?\s*(?:\d[\d,]*)?\.?\d+(?:/\d+)?)\s*(?:[a-zA-Z][a-zA-Z ]*|\^\\circ|°)\s*(?:\^?\d)?$")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")  # properly grouped only: "1,234,567.5"
 _PERCENT = re.compile(r"^(.*?)\s*(?:\\%|%|\\text\{\s*percent\s*\}|percent)$")
 
 
@@ -130,7 +130,8 @@ def _normalize_for_fallback(s: str) -> str:
     m = _UNIT_TAIL.match(s)
     if m:
         s = m.group(1)
-    s = _THOUSANDS.sub("", s)
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
     return s.strip()
 
 
