@@ -19,8 +19,8 @@ Isolation of one run (`run_code`):
 
 Known limit: the tests run in the candidate's own process (as in HumanEval's harness), so the sandbox protects
 the machine, not the *reward* from a program written to game it (e.g. returning an object whose ``__eq__`` is
-always true, or forging the runner's report by inspecting its frames). Use io tests for untrusted settings
-where that matters, and watch for reward hacking.
+always true, or forging the runner's report by inspecting its frames; stdin/stdout programs also run inside
+the runner). Watch for reward hacking when training on code.
 
 Result details: ``status`` (passed, failed, wrong_answer, runtime_error, timeout, memory_limit,
 output_limit, forbidden, syntax_error, ...), ``tests_passed``/``tests_total``, and for the first failure
