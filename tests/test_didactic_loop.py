@@ -287,6 +287,19 @@ def test_always_leaking_teacher_falls_back_to_safe_feedback():
     assert out.reward_score == 1.0  # the trajectory is kept, the leaked feedback never reached the student
 
 
+def test_llm_judge_through_the_policy_catches_a_paraphrased_leak():
+    def teacher(k, prompt):  # the same scripted policy answers teacher and judge prompts
+        if "Reply with exactly one word" in prompt:
+            return "LEAK" if "two more than three" in prompt else "SAFE"
+        return "It is two more than three." if k == 0 else "Count on your fingers."
+
+    out, server, tok = rollout(["4", "5"], teacher, rl2f={"leak_guard": {"llm_judge": True}})
+    assert out.extra_fields[schema.EF_LEAK_COUNT] == 1
+    assert runs(out.feedback_mask, out.response_ids) == [tok.encode("Count on your fingers.", add_special_tokens=False)]
+    judge_prompts = [tok.decode(c["prompt_ids"]) for c in server.calls if "Reply with exactly one word" in tok.decode(c["prompt_ids"])]
+    assert len(judge_prompts) == 2 and "Correct final answer: 5" in judge_prompts[0]
+
+
 def test_leak_guard_disabled_lets_feedback_through():
     out, _, tok = rollout(["4", "5"], ["It is 5."], rl2f={"leak_guard": {"enable": False}})
     assert out.extra_fields[schema.EF_LEAK_COUNT] == 0
