@@ -363,3 +363,33 @@ def test_preflight_runs_inside_main_ppo_before_ray(tmp_path):
     assert len(lines) == 1 and "missing_model does not exist" in lines[0]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert "ray init kwargs" not in proc.stdout
+
+
+def test_adapter_streams_actor_weights_to_the_named_server_in_buckets(tiny_model_dir, monkeypatch):
+    """verl's hybrid weight sync path: the adapter (in the actor worker) -> Ray object store -> the server actor."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from rl2f_plugin.cpu.rollout import HFServerAdapter
+    from verl.workers.config import RolloutConfig
+
+    monkeypatch.setenv("RL2F_CPU_SYNC_BUCKET_MB", "0.02")  # ~20 KB buckets -> many chunks for the tiny model
+    config = RolloutConfig(name="hf", prompt_length=16, response_length=4)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        server = ray.remote(HFRolloutServer).options(name=server_actor_name(0), num_cpus=0).remote(
+            config=config, model_config=SimpleNamespace(path=tiny_model_dir), replica_rank=0)
+        before = ray.get(server.ready.remote())
+        adapter = HFServerAdapter(config, SimpleNamespace(path=tiny_model_dir), None)
+        gen = HFGenerator(tiny_model_dir)
+        new_state = [(k, v + 0.25) for k, v in gen.model.state_dict().items()]
+        status = asyncio.run(adapter.update_weights(iter(new_state), peft_config=None, global_steps=3))
+        assert status["weights_version"] == before["weights_version"] + 1 and status["global_steps"] == 3
+        assert status["checksum"] == pytest.approx(weights_checksum(new_state))
+        out = ray.get(server.generate.remote("q", prompt_ids=PROMPTS[0], sampling_params={"temperature": 0.0}))
+        assert out.extra_fields["global_steps"] == 3
+        with pytest.raises(NotImplementedError, match="LoRA"):
+            asyncio.run(adapter.update_weights(iter(new_state), peft_config={"r": 8}))
+    finally:
+        ray.shutdown()

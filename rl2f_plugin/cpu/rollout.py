@@ -19,7 +19,8 @@ Pieces (all registered through verl's public registries):
   in hybrid mode (verl's sync trainer) it starts one server per replica next to the replica's training worker.
 * `HFServerAdapter` — the hybrid-mode `BaseRollout` living inside the actor worker (registered in verl's
   ``_ROLLOUT_REGISTRY`` as ``("hf", "async")``). verl's naive weight sync hands it the actor's full state dict
-  every step; it ships the tensors to its server through Ray's object store, and the server loads them.
+  every step; it streams the tensors to its server through Ray's object store in buckets (``RL2F_CPU_SYNC_BUCKET_MB``,
+  default 128), and the server copies each bucket into its model; the update counts once all buckets arrived.
 
 Every update is logged (version, ``global_steps``, a weight checksum) and, if ``RL2F_CPU_ROLLOUT_LOG`` names a
 file, appended to it as JSON lines together with one line per generated batch; tests use this to prove that
@@ -48,6 +49,7 @@ logger.setLevel(os.environ.get("VERL_LOGGING_LEVEL", "INFO"))
 ROLLOUT_NAME = "hf"
 ROLLOUT_LOG_ENV = "RL2F_CPU_ROLLOUT_LOG"
 THREADS_ENV = "RL2F_CPU_ROLLOUT_THREADS"
+SYNC_BUCKET_ENV = "RL2F_CPU_SYNC_BUCKET_MB"
 
 
 def server_actor_name(replica_rank: int, name_suffix: str = "", kind: str = "") -> str:
@@ -115,28 +117,43 @@ class HFGenerator:
 
     @torch.no_grad()
     def load_weights(self, named_tensors) -> tuple[int, int]:
-        """Copy named tensors into the model (HF names, as verl's engines export them). Returns (#loaded, #skipped)."""
+        """Copy named tensors into the model (HF names, as verl's engines export them) as one update.
+        Returns (#loaded, 0). Unknown names and shape mismatches raise, naming the weight."""
+        self.begin_update()
+        self.load_chunk(named_tensors)
+        return self.end_update(), 0
+
+    def begin_update(self) -> None:
+        self._update = {"loaded": 0, "checksum": 0.0}
+
+    @torch.no_grad()
+    def load_chunk(self, named_tensors) -> int:
+        """Load part of an update (between `begin_update` and `end_update`)."""
+        if getattr(self, "_update", None) is None:
+            raise RuntimeError("load_chunk outside begin_update/end_update")
         # state_dict(keep_vars=True) lists tied weights under every name (lm_head.weight and embed_tokens.weight
         # of SmolLM2 are one tensor); verl's engines export both names.
         params = self.model.state_dict(keep_vars=True)
-        loaded, unknown = 0, []
         items = list(named_tensors.items() if isinstance(named_tensors, dict) else named_tensors)
+        unknown = [name for name, _ in items if name not in params]
+        if unknown:
+            raise KeyError(f"rollout model has no parameters named {unknown[:5]} ({len(unknown)} unknown)")
         for name, tensor in items:
-            target = params.get(name)
-            if target is None:
-                unknown.append(name)
-                continue
+            target = params[name]
             if tuple(target.shape) != tuple(tensor.shape):
                 raise ValueError(f"weight {name}: rollout has shape {tuple(target.shape)}, actor sent {tuple(tensor.shape)}")
             target.copy_(tensor.to(dtype=target.dtype))
-            loaded += 1
-        if unknown:
-            raise KeyError(f"rollout model has no parameters named {unknown[:5]} ({len(unknown)} unknown)")
-        if loaded == 0:
+        self._update["loaded"] += len(items)
+        self._update["checksum"] += weights_checksum(items)
+        return len(items)
+
+    def end_update(self) -> int:
+        update, self._update = self._update, None
+        if not update or update["loaded"] == 0:
             raise ValueError("weight update carried no tensors")
         self.weights_version += 1
-        self.checksum = weights_checksum(items)
-        return loaded, len(unknown)
+        self.checksum = update["checksum"]
+        return update["loaded"]
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
@@ -251,19 +268,32 @@ class HFRolloutServer:
 
     # -- weights ---------------------------------------------------------------------------------------------
     async def update_weights(self, weights: Any, global_steps: Optional[int] = None) -> dict:
+        """Load a whole update at once (a dict or list of (name, tensor))."""
+        await self.begin_weight_update()
+        await self.load_weight_chunk(weights)
+        return await self.finish_weight_update(global_steps)
+
+    async def begin_weight_update(self) -> None:
+        self._update_t0 = time.time()
+        await asyncio.to_thread(self._locked, self.gen.begin_update)
+
+    async def load_weight_chunk(self, weights: Any) -> int:
         if isinstance(weights, ray.ObjectRef):
             weights = await weights
-        t0 = time.time()
-        loaded, _ = await asyncio.to_thread(self._load_locked, weights)
+        return await asyncio.to_thread(self._locked, self.gen.load_chunk, weights)
+
+    async def finish_weight_update(self, global_steps: Optional[int] = None) -> dict:
+        loaded = await asyncio.to_thread(self._locked, self.gen.end_update)
         if global_steps is not None:
             self.global_steps = int(global_steps)
         status = self.status()
-        self._log({"event": "update_weights", "tensors": loaded, "seconds": round(time.time() - t0, 3), **status})
+        seconds = round(time.time() - getattr(self, "_update_t0", time.time()), 3)
+        self._log({"event": "update_weights", "tensors": loaded, "seconds": seconds, **status})
         return status
 
-    def _load_locked(self, weights):
+    def _locked(self, fn, *args):
         with self._model_lock:
-            return self.gen.load_weights(weights)
+            return fn(*args)
 
     # -- generation ------------------------------------------------------------------------------------------
     async def generate(self, request_id: str = "", *, prompt_ids: list[int], sampling_params: dict[str, Any],
@@ -398,7 +428,8 @@ class HFRolloutReplica(RolloutReplica):
         node_id = await worker.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
         kind = "reward" if self.is_reward_model else ("teacher" if self.is_teacher_model else "")
         name = server_actor_name(self.replica_rank, self.name_suffix, kind)
-        env_vars = {k: os.environ[k] for k in ("VERL_PLATFORM", ROLLOUT_LOG_ENV, THREADS_ENV) if k in os.environ}
+        env_vars = {k: os.environ[k] for k in ("VERL_PLATFORM", ROLLOUT_LOG_ENV, THREADS_ENV, SYNC_BUCKET_ENV)
+                    if k in os.environ}
         server = (
             ray.remote(HFRolloutServer)
             .options(
@@ -446,18 +477,40 @@ class HFServerAdapter(BaseRollout):
             raise NotImplementedError(f"the hf CPU rollout accepts full named tensors only, not {wire_format!r}")
         if kwargs.get("peft_config") is not None:
             raise NotImplementedError("LoRA adapters are not supported by the hf CPU rollout: set model.lora.merge=True")
-        state: dict[str, torch.Tensor] = {}
+        # Stream the weights in buckets of ~RL2F_CPU_SYNC_BUCKET_MB through Ray's object store: the peak extra
+        # memory is one bucket, not a second and third copy of the model (which got runs OOM-killed on 24 GB).
+        bucket_bytes = int(float(os.environ.get(SYNC_BUCKET_ENV, "128")) * (1 << 20))
+        server = self._server_handle() if self.is_leader else None
+        if server is not None:
+            await server.begin_weight_update.remote()
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+
+        async def flush():
+            nonlocal bucket, size
+            if server is not None and bucket:
+                ref = ray.put(bucket)  # serialized (copied) now, so tensors aliasing live parameters are safe
+                await server.load_weight_chunk.remote(ref)
+            bucket, size = [], 0
+
+        async def consume(name, tensor):
+            nonlocal size
+            t = tensor.detach().to("cpu")
+            bucket.append((name, t))
+            size += t.numel() * t.element_size()
+            if size >= bucket_bytes:
+                await flush()
+
         if hasattr(weights, "__aiter__"):
             async for name, tensor in weights:
-                state[name] = tensor.detach().to("cpu")
+                await consume(name, tensor)
         else:
             for name, tensor in weights:
-                state[name] = tensor.detach().to("cpu")
-        if not self.is_leader:
+                await consume(name, tensor)
+        await flush()
+        if server is None:
             return None
-        ref = ray.put(state)  # serialized (copied) now, so tensors aliasing live parameters are safe
-        del state
-        return await self._server_handle().update_weights.remote(ref, global_steps=kwargs.get("global_steps"))
+        return await server.finish_weight_update.remote(global_steps=kwargs.get("global_steps"))
 
 
 def _load_replica():
