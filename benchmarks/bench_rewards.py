@@ -8,7 +8,7 @@ Maths: the same answer pairs (all textually different, so none takes the no-hop 
   (a) directly: ``math_verify.verify(parse(gold), parse(pred))`` in this process's main thread;
   (b) through ``reward_fns.math_verifier.check_math_answer`` from one caller thread (one job at a time over
       the worker pipe) and from as many threads as the pool has workers.
-Code: the same tiny function + 3 asserts run
+Code: the same tiny function + 3 asserts run (variants interleaved run by run, median time)
   (a) plainly: ``subprocess.run([python, "-c", code + tests])``;
   (b) in the sandbox (``run_code``) with the isolation this machine allows, and with the audit hook only.
 Figures are wall-clock on whatever machine runs this; compare ratios, not absolute numbers.
@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures as cf
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -115,33 +116,33 @@ def bench_code(n: int, rounds: int) -> None:
     subprocess.run([sys.executable, "-c", CODE + TESTS], check=True)
 
     def plain():
-        for _ in range(n):
-            subprocess.run([sys.executable, "-c", CODE + TESTS], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", CODE + TESTS], check=True, capture_output=True)
 
     def sandboxed(use_ns):
         def run():
             code_sandbox._unshare_ok = use_ns
-            for _ in range(n):
-                d = run_code(CODE, gt)
-                assert d["status"] == "passed", d
+            d = run_code(CODE, gt)
+            assert d["status"] == "passed", d
         return run
 
     modes = [("namespaces + audit hook", True), ("audit hook only", False)] if code_sandbox._use_unshare() else [
         ("audit hook only", False)]
-    times: dict[str, list[float]] = {"plain": []}
+    # Interleaved per run (plain, sandbox, sandbox, plain, ...) and the median kept: other load on the machine
+    # hits every variant alike.
+    times: dict[str, list[float]] = {}
     saved = code_sandbox._unshare_ok
     try:
-        for _ in range(rounds):
+        for _ in range(rounds * n):
             for label, fn in [("plain", plain)] + [(lbl, sandboxed(ns)) for lbl, ns in modes]:
                 t0 = time.perf_counter()
                 fn()
-                times.setdefault(label, []).append((time.perf_counter() - t0) / n)
+                times.setdefault(label, []).append(time.perf_counter() - t0)
     finally:
         code_sandbox._unshare_ok = saved
-    t_plain = min(times.pop("plain"))
-    results = {label: min(ts) for label, ts in times.items()}
+    t_plain = statistics.median(times.pop("plain"))
+    results = {label: statistics.median(ts) for label, ts in times.items()}
 
-    print(f"code: {n} runs of a 3-assert function test, sequential, best of {rounds} interleaved rounds, "
+    print(f"code: {rounds * n} runs of a 3-assert function test per variant, interleaved, median, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"  plain `python -c` subprocess         : {1 / t_plain:8.1f} runs/s  ({t_plain * 1e3:6.1f} ms per run)")
     for label, t in results.items():
