@@ -160,8 +160,10 @@ def main(argv=None) -> int:
         # warm-up (first generate call allocates caches, loads kernels)
         baseline(model, tok, rows[:2], 2, 4, eos_ids, pad_id)
         base = baseline(model, tok, rows, a.batch_size, a.max_new_tokens, eos_ids, pad_id)
+        print(f"baseline: {json.dumps(base)}", flush=True)
         k1 = harness(model, tok, data, os.path.join(d, "k1.jsonl"), batch_size=a.batch_size,
                      max_new_tokens=a.max_new_tokens, max_turns=1, teacher="none")
+        print(f"harness_k1: {json.dumps(k1)}", flush=True)
         k3 = None
         if not a.skip_multiturn:
             k3 = harness(model, tok, data, os.path.join(d, "k3.jsonl"), batch_size=a.batch_size,
