@@ -121,6 +121,7 @@ def test_correct_at_turn_1(tok_name):
     ef = out.extra_fields
     assert out.reward_score == 1.0 and out.num_turns == 2
     assert ef[schema.EF_TURN_CORRECT] == [1] and ef[schema.EF_SOLVED_AT_TURN] == 1 and ef[schema.EF_NUM_STUDENT_TURNS] == 1
+    assert ef[schema.EF_FEEDBACK_TURNS] == 0
     assert ef[schema.EF_FEEDBACK_TOKENS] == 0 and ef[schema.EF_TRUNCATED] == 0 and ef[schema.EF_TASK] == "rl2f_test_int"
     assert ef["rl2f_final_response"] == "The sum is 5"
     assert ef[schema.REWARD_EXTRA_INFO] == {"score": 1.0, "acc": 1.0, "acc_turn1": 1.0, "acc_turn2": 1.0, "acc_turn3": 1.0,
@@ -185,6 +186,7 @@ def test_never_correct():
     ef = out.extra_fields
     assert out.reward_score == 0.0
     assert ef[schema.EF_TURN_CORRECT] == [0, 0, 0] and ef[schema.EF_SOLVED_AT_TURN] == 0
+    assert ef[schema.EF_FEEDBACK_TURNS] == 2
     assert ef[schema.EF_NUM_STUDENT_TURNS] == 3 and [c["kind"] for c in server.calls].count("teacher") == 2
     assert ef[schema.REWARD_EXTRA_INFO]["acc"] == 0.0 and ef[schema.REWARD_EXTRA_INFO]["acc_turn3"] == 0.0
     # the last turn ends with the student's tokens: no dangling feedback after the final answer

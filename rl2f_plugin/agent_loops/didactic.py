@@ -236,6 +236,7 @@ class DidacticAgentLoop(AgentLoopBase):
             schema.EF_NUM_STUDENT_TURNS: num_student_turns,
             schema.EF_LEAK_COUNT: leaks,
             schema.EF_LEAKED_TURNS: leaked_turns,
+            schema.EF_FEEDBACK_TURNS: feedback_turns,
             schema.EF_FEEDBACK_TOKENS: int(sum(feedback_mask)),
             schema.EF_TEACHER_LATENCY: float(teacher_latency),
             schema.EF_TRUNCATED: int(truncated),
