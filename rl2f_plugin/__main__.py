@@ -59,9 +59,9 @@ def collect_registrations() -> dict[str, Any]:
         return list_tasks()
 
     def _teachers():
-        from rl2f_plugin.teachers import list_teachers
+        from rl2f_plugin.teachers import TEACHER_REGISTRY
 
-        return list_teachers()
+        return {name: f"{cls.__module__}.{cls.__qualname__}" for name, cls in sorted(TEACHER_REGISTRY.items())}
 
     def _reward_fns():
         import reward_fns
