@@ -5,22 +5,6 @@
 #   bash examples/run_rlvr_grpo.sh [hydra overrides ...]
 #   MODEL=/models/gemma-3-12b-it TRAIN_SOURCE=reasoning_gym bash examples/run_rlvr_grpo.sh trainer.total_training_steps=100
 #
-# Environment: MODEL (default Qwen/Qwen2.5-7B-Instruct), DATA_DIR, TRAIN_SOURCE, VAL_SOURCE (see
-# examples/data_preprocess/prepare_rl2f_data.sh), DRY_RUN=1 prints the composed config instead of training.
+# Environment: see examples/launch_recipe.sh (MODEL, DATA_DIR, TRAIN_SOURCE, VAL_SOURCE, DRY_RUN).
 set -euo pipefail
-
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON=${PYTHON:-python}
-MODEL=${MODEL:-Qwen/Qwen2.5-7B-Instruct}
-
-source "$REPO/examples/data_preprocess/prepare_rl2f_data.sh"
-
-ARGS=(
-  --config-path="$REPO/recipes" --config-name=rlvr_grpo
-  data.train_files="$TRAIN_FILE" data.val_files="$VAL_FILE"
-  actor_rollout_ref.model.path="$MODEL"
-)
-if [[ "${DRY_RUN:-0}" == 1 ]]; then
-  exec "$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" "$@" --cfg job
-fi
-exec "$PYTHON" -m verl.trainer.main_ppo "${ARGS[@]}" "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/launch_recipe.sh" rlvr_grpo "$@"

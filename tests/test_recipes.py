@@ -169,12 +169,11 @@ def test_launch_scripts_prepare_validate_and_compose(tmp_path):
     env.update(DATA_DIR=str(tmp_path / "data"), TRAIN_SOURCE="reasoning_gym", VAL_SOURCE="champ",
                RG_GENERATORS="basic_arithmetic,chain_sum", RG_TRAIN_SIZE="16", RG_TEST_SIZE="4",
                DRY_RUN="1", MODEL="/models/some-8b-instruct", PYTHON=sys.executable)
-    # rl2f_grpo_wm's script is the same launcher with the other recipe name (checked below), so running
-    # the RL²F and the RLVR launcher covers every line while keeping CI short.
-    wm = (REPO / "examples" / "run_rl2f_grpo_wm.sh").read_text()
-    plain = (REPO / "examples" / "run_rl2f_grpo.sh").read_text()
-    assert wm.split("set -euo pipefail", 1)[1] == plain.split("set -euo pipefail", 1)[1].replace(
-        "--config-name=rl2f_grpo", "--config-name=rl2f_grpo_wm")
+    # every run_<recipe>.sh is the shared launcher with its recipe name (checked below), so running the RL²F
+    # and the RLVR launcher covers every line while keeping CI short.
+    for name in ("rl2f_grpo", "rl2f_grpo_wm", "rlvr_grpo"):
+        script = (REPO / "examples" / f"run_{name}.sh").read_text()
+        assert script.rstrip().endswith(f'launch_recipe.sh" {name} "$@"'), name
     for i, name in enumerate(["rl2f_grpo", "rlvr_grpo"]):
         proc = subprocess.run(["bash", str(REPO / "examples" / f"run_{name}.sh"), "trainer.total_training_steps=7"],
                               capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
