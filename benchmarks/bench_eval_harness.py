@@ -24,6 +24,9 @@ import tempfile
 import time
 
 
+THREADS: int | None = None  # --threads, applied to the baseline and the harness alike
+
+
 def _problems(n: int, seed: int) -> list[dict]:
     import random
 
@@ -88,6 +91,9 @@ def baseline(model, tok, rows, batch_size: int, max_new_tokens: int, eos_ids: li
 def _baseline(model, tok, rows, batch_size: int, max_new_tokens: int, eos_ids: list[int], pad_id: int) -> dict:
     import torch
 
+    if THREADS:
+        torch.set_num_threads(THREADS)
+
     prompts = []
     for r in rows:
         ids = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True)
@@ -119,7 +125,7 @@ def harness(model, tok, data: str, out: str, *, batch_size: int, max_new_tokens:
 
     cfg = build_trainer_config(None, [f"actor_rollout_ref.rollout.response_length={max_new_tokens * max_turns + 256}",
                                       "actor_rollout_ref.rollout.prompt_length=1024"])
-    backend = HFBackend(model, tok, max_batch_size=batch_size, max_new_tokens=max_new_tokens)
+    backend = HFBackend(model, tok, max_batch_size=batch_size, max_new_tokens=max_new_tokens, num_threads=THREADS)
     t0 = time.perf_counter()
     res = run_eval(EvalSettings(data=data, out=out, teacher=teacher, max_turns=max_turns,
                                 max_new_tokens=max_new_tokens, concurrency=batch_size, progress=False,
@@ -139,8 +145,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--skip-multiturn", action="store_true")
+    p.add_argument("--threads", type=int, help="torch threads for generate, both sides (default torch's)")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args(argv)
+    global THREADS
+    THREADS = a.threads
 
     import pandas as pd
     import torch
@@ -169,7 +178,7 @@ def main(argv=None) -> int:
             k3 = harness(model, tok, data, os.path.join(d, "k3.jsonl"), batch_size=a.batch_size,
                          max_new_tokens=a.max_new_tokens, max_turns=3, teacher="template")
     result = {"model": label, "n": a.n, "batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens,
-              "cpu_threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0], "baseline": base, "harness_k1": k1, "harness_k3": k3,
+              "cpu_threads": a.threads or torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0], "baseline": base, "harness_k1": k1, "harness_k3": k3,
               "ratio_k1": k1["tokens_per_s"] / base["tokens_per_s"],
               "ratio_k3": (k3["tokens_per_s"] / base["tokens_per_s"]) if k3 else None}
     print(json.dumps(result, indent=2))

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, help="per-turn cap on student tokens (default: the remaining "
                    "response budget, as in training)")
     g.add_argument("--device", help="HF student device (default cuda if available else cpu)")
+    g.add_argument("--threads", type=int, help="HF student on CPU: torch threads (default torch's)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per endpoint call")
     g.add_argument("--retries", type=int, default=3, help="retries per failed endpoint call")
     g.add_argument("--problem-timeout", type=float, default=900.0, help="seconds per whole interaction")
@@ -132,7 +133,8 @@ def make_student(args: argparse.Namespace):
             raise SystemExit(f"--student {spec}: {path} is not a model folder")
     tokenizer = AutoTokenizer.from_pretrained(path)
     backend = HFBackend(path, tokenizer, device=args.device, max_batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens or 512, seed=args.seed)
+                        max_new_tokens=args.max_new_tokens or 512, seed=args.seed,
+                        num_threads=args.threads)
     return backend, tokenizer, backend.model.config.model_type, f"hf:{path}"
 
 

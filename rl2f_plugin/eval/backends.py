@@ -106,11 +106,14 @@ class HFBackend:
         max_new_tokens: default ``max_tokens`` when the loop does not set one.
         max_model_len: context window; ``max_tokens`` is capped to leave the prompt room.
         seed: seeds torch once, for reproducible sampling.
+        batch_wait_s: how long a batch waits for more requests before it starts (fewer than max_batch_size queued).
+        num_threads: torch intra-op threads for ``generate`` (default: torch's). On a CPU shared with other
+            busy processes 1 thread can be much faster than spinning OpenMP workers fighting for cores.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, device: str | None = None, dtype: str = "float32",
                  max_batch_size: int = 8, max_new_tokens: int = 512, max_model_len: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, num_threads: int | None = None, batch_wait_s: float = 0.02):
         import torch
 
         if isinstance(model, str):
@@ -120,6 +123,8 @@ class HFBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.num_threads = int(num_threads) if num_threads else None
+        self.batch_wait_s = max(0.0, float(batch_wait_s))
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_new_tokens = int(max_new_tokens)
         cfg_len = getattr(model.config, "max_position_embeddings", None)
@@ -172,7 +177,11 @@ class HFBackend:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await asyncio.sleep(0)  # let requests issued in the same tick join the batch
+            # dynamic batching: give requests that are on their way (agent loops build prompts in executor
+            # threads, so concurrent trajectories arrive a few ms apart) a short window to join this batch
+            deadline = loop.time() + self.batch_wait_s
+            while len(self._queue) < self.max_batch_size and loop.time() < deadline:
+                await asyncio.sleep(0.002)
             first = self._queue[0]
             key = _batch_key(first.sp)
             batch = [r for r in self._queue if _batch_key(r.sp) == key][: self.max_batch_size]
@@ -196,6 +205,8 @@ class HFBackend:
     def _generate_batch(self, batch: list[_Request]) -> list[TokenOutput]:
         import torch
 
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
         sp = dict(batch[0].sp)
         sp["max_tokens"] = max(r.sp["max_tokens"] for r in batch)
         sp["logprobs"] = any(r.sp["logprobs"] for r in batch)
