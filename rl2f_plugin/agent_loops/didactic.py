@@ -40,6 +40,7 @@ from ..tasks import VerifyResult, get_task
 from ..tasks.base import Task
 from ..teachers import Teacher, TeacherContext, TeacherError, build_teacher, content_text, render_conversation
 from .output import RL2FAgentLoopOutput
+from .prompt_tokens import AuxPromptTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class DidacticAgentLoop(AgentLoopBase):
         self.max_turns = int(self.rl2f["max_turns"])
         self._request_id = uuid4().hex
         self._aux_calls = 0
+        self._aux_tokens: AuxPromptTokenizer | None = None
 
     # ------------------------------------------------------------------------------------------------------
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> RL2FAgentLoopOutput:
@@ -149,6 +151,7 @@ class DidacticAgentLoop(AgentLoopBase):
         metrics: dict[str, Any] = {}
         request_id = self._request_id = uuid4().hex
         self._aux_calls = 0
+        self._aux_tokens = AuxPromptTokenizer(self.continuous_token_builder)  # piece cache for this trajectory
         extra_fields: dict[str, Any] = {}
         teacher = self._make_teacher()
         guard = self._make_guard(task, ground_truth, extra_info, teacher) if self.uses_leak_guard else None
@@ -415,7 +418,12 @@ class DidacticAgentLoop(AgentLoopBase):
     async def policy_complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str:
         """A plain completion by the policy through the same generation server (used by the `self` teacher,
         the autodidact critic and the leak judge)."""
-        prompt_ids = await self.loop.run_in_executor(None, lambda: self.continuous_token_builder.build_initial_tokens(messages))
+        # Incremental: only text not seen in this trajectory's earlier aux prompts is tokenised, on the event loop
+        # (cheaper than a thread round trip); exactly the builder's ids (rl2f_plugin.agent_loops.prompt_tokens).
+        aux = self._aux_tokens
+        prompt_ids = aux.prompt_ids(messages) if aux is not None else None
+        if prompt_ids is None:
+            prompt_ids = await self.loop.run_in_executor(None, lambda: self.continuous_token_builder.build_initial_tokens(messages))
         params = {"temperature": float(temperature), "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
                   "logprobs": False, "max_tokens": int(max_tokens)}
         self._aux_calls += 1
