@@ -311,8 +311,17 @@ class DidacticAgentLoop(AgentLoopBase):
         room for at least one more student token (then nothing is appended)."""
         previous = list(messages)
         updated = previous + [{"role": "user", "content": text}]
-        merge, mask, logprobs = await self.ct_merge_context_msg(
-            previous, updated, traj.runtime_ids, traj.response_mask, traj.logprobs if traj.logprobs else None)
+        builder = self.continuous_token_builder
+        appended_ids = self._aux_tokens.user_turn_ids(text, _user_turn_frame(builder)) if self._aux_tokens else None
+        if appended_ids is not None:
+            # What ct_merge_context_msg computes (same builder hook for the junction, same metadata alignment),
+            # with the user turn tokenised once instead of two chat-template renders in a worker thread.
+            merge = builder._merge_context_token_ids(traj.runtime_ids, appended_ids, previous_messages=previous,
+                                                     appended_messages=updated[len(previous):])
+            mask, logprobs = builder.align_response_metadata(merge, traj.response_mask, traj.logprobs if traj.logprobs else None)
+        else:
+            merge, mask, logprobs = await self.ct_merge_context_msg(
+                previous, updated, traj.runtime_ids, traj.response_mask, traj.logprobs if traj.logprobs else None)
         if len(mask) >= self.response_length:
             return False
         appended = merge.token_ids[len(merge.token_ids) - merge.appended_token_count:] if merge.appended_token_count else []

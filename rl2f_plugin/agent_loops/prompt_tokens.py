@@ -132,6 +132,41 @@ class AuxPromptTokenizer:
             ids.extend(got)
         return ids
 
+    def user_turn_ids(self, text: str, frame: tuple[list[int], list[int]] | None) -> list[int] | None:
+        """``builder.tokenize_context_incremental_messages(prev, prev + [user text])`` as ``head + ids(text) +
+        tail``, where `frame` = (head, tail) is the builder's constant framing of a user turn (e.g.
+        ``<|im_start|>user\n`` and ``<|im_end|>\n<|im_start|>assistant\n``). Exact when the text starts with a
+        non-space character (the cut "\n|text" is a chunk boundary for the pre-tokenizers above; checked per
+        tokenizer against the builder by `_frame_ok`). None when that does not hold: use the builder."""
+        if not self.enabled or frame is None or not text or text[0].isspace() or not self._frame_ok(frame):
+            return None
+        return frame[0] + self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids + frame[1]
+
+    _frame_verdicts: dict[tuple, bool] = {}
+
+    def _frame_ok(self, frame: tuple[list[int], list[int]]) -> bool:
+        b = self.builder
+        key = (type(b), id(self.tokenizer), getattr(self.tokenizer, "chat_template", None),
+               repr(sorted(b.chat_template_kwargs.items())), tuple(frame[0]), tuple(frame[1]))
+        verdict = self._frame_verdicts.get(key)
+        if verdict is None:
+            verdict = True
+            encode = self.tokenizer.backend_tokenizer.encode
+            for text in _CALIBRATION_TEXTS + [t.strip() + " " for t in _CALIBRATION_TEXTS]:
+                text = text.lstrip()
+                try:
+                    ref = b.tokenize_context_incremental_messages([], [{"role": "user", "content": text}])
+                except Exception:  # noqa: BLE001
+                    verdict = False
+                    break
+                if ref != frame[0] + encode(text, add_special_tokens=False).ids + frame[1]:
+                    verdict = False
+                    break
+            if not verdict:
+                logger.info("rl2f: framed user-turn tokenisation disabled for this tokenizer/template")
+            self._frame_verdicts[key] = verdict
+        return verdict
+
     def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int] | None:
         """``builder.build_initial_tokens(messages)`` (text messages, no tools), or None when the fast path is off."""
         if not self.enabled:
