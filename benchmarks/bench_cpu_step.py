@@ -13,6 +13,19 @@ for ``--steps`` steps and reports, from verl's own timing metrics (``timing_s/*`
 
 The RLVR recipe is the baseline: for the others the ratio of seconds per step to it is printed. Nothing is
 asserted; numbers depend on the machine and on what else runs on it (the load average is printed).
+
+Measured 2026-11-24 (2 cores, 24 GB, torch 2.13 CPU, ``--steps 3``; other jobs shared the machine: load average
+~3 during the RLVR run and step 1 of RL²F, 20-24 during RL²F steps 2-3, which inflates those):
+
+    recipe       s/step  step1 s  x base  tokens    gen  logprob  update   sync  peak GB  actor GB  rollout GB
+    rlvr_cpu       42.9     43.7    1.00    1270    33%      18%     43%     5%    14.89      7.09        2.55
+    rl2f_cpu      220.0    125.4    5.13    1433    45%      15%     38%     2%    14.55      6.71        2.69
+
+RLVR per step 33.6-52.1 s (gen 12-16, log-prob 5-10, update 14-24, weight sync ~2); RL²F step 1 (light load)
+125 s: gen 76 (student turns + self-teacher feedback + leak-guard regenerations), log-prob 12.5, update 28.7,
+sync 1.7. "peak GB" sums RSS over the whole process tree (Ray's shared object store pages are counted in every
+process that maps them, so it over-states); the actor's own peak RSS is ~7 GB (fp32 weights + grads + AdamW for
+135M parameters, plus 49k-vocabulary logits), the rollout server's ~2.6 GB.
 """
 
 from __future__ import annotations
