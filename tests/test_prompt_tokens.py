@@ -116,6 +116,15 @@ def test_pieces_are_reused_within_a_trajectory():
     new = set(aux._pieces) - first
     # only the grown tail is new: the feedback turn, the latest attempt and the closing instruction
     assert len(new) <= 3 and all("What is 2 + 3?" not in p for p in new), new
+    # another trajectory (another problem) reuses only the shared head: the template's instructions
+    heads = prompt_tokens._state(tok)["heads"]
+    head = next(p for p in first if "You are a patient teacher" in p)
+    assert head in heads and "What is 2 + 3?" not in head
+    other = AuxPromptTokenizer(QwenContinuousTokenBuilder(tok))
+    msgs = [{"role": "user", "content": _teacher_prompt("What is 7 + 1?", [{"role": "user", "content": "What is 7 + 1?"},
+                                                                          {"role": "assistant", "content": "9"}])}]
+    assert other.prompt_ids(msgs) == _reference(tok, msgs)
+    assert not any("What is 2 + 3?" in p for p in other._pieces)
 
 
 def test_unsupported_pre_tokenizer_disables_the_fast_path():
@@ -128,7 +137,7 @@ def test_unsupported_pre_tokenizer_disables_the_fast_path():
 
 def test_calibration_mismatch_disables_the_fast_path(monkeypatch):
     tok = qwen_style_tokenizer()
-    monkeypatch.setattr(prompt_tokens.AuxPromptTokenizer, "_verdicts", {})
+    monkeypatch.setattr(prompt_tokens, "_PER_TOKENIZER", __import__("weakref").WeakKeyDictionary())
     # a cut that is NOT safe (inside a word) must be caught by the calibration against the builder's own render
     monkeypatch.setattr(prompt_tokens, "_CUT", __import__("re").compile(r"(?<=Stud)(?=ent)"))
     assert not AuxPromptTokenizer(QwenContinuousTokenBuilder(tok)).enabled

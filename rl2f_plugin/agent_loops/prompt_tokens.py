@@ -6,7 +6,9 @@ the newest conversation turns: the instructions, problem, privileged information
 same text. Tokenising it from scratch each call costs ~1 ms of CPU (the byte-level pre-tokenizer's regex
 dominates). `AuxPromptTokenizer` renders the chat template to text (cheap), cuts the text at markdown header
 boundaries (a newline, ``##`` or ``###``, then a space and a letter: ``"\\n## Problem"``, ``"\\n### Student"``),
-tokenises each piece once and reuses the ids of pieces it has seen before.
+tokenises each piece once per trajectory and reuses the ids of pieces it has seen before. The first piece (the
+chat-template header and the prompt file's instructions, identical text in every trajectory) is also shared
+across trajectories; sample-dependent pieces (problem, answers, feedback) are cached per trajectory only.
 
 Why the concatenation is exact: byte-level BPE never merges across pre-tokenizer chunks, and the regex
 pre-tokenizers of GPT-2/SmolLM2, Qwen2 and Llama-3 all end a chunk between ``#`` and a following space (a run of
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import weakref
 from typing import Any
 
 from verl.utils.tokenizer.chat_template import apply_chat_template
@@ -38,6 +41,20 @@ _PLAIN_BUILDERS = (ContinuousTokenBuilder, QwenContinuousTokenBuilder)
 
 #: Pieces remembered per trajectory (a trajectory has a handful of teacher calls, each a dozen pieces).
 MAX_CACHED_PIECES = 512
+
+#: First pieces (template headers) shared by all trajectories of the process, oldest evicted first.
+MAX_SHARED_HEADS = 64
+
+#: Per tokenizer object (weakly held, so a new tokenizer never inherits a freed one's entries): the shared
+#: heads (text -> ids) and the verdicts of the exactness checks.
+_PER_TOKENIZER: "weakref.WeakKeyDictionary[Any, dict[str, dict]]" = weakref.WeakKeyDictionary()
+
+
+def _state(tokenizer: Any) -> dict[str, dict]:
+    st = _PER_TOKENIZER.get(tokenizer)
+    if st is None:
+        st = _PER_TOKENIZER[tokenizer] = {"heads": {}, "verdicts": {}, "frame_verdicts": {}}
+    return st
 
 _CALIBRATION_TEXTS = [
     "Intro line.\n\n## Problem\nWhat is 17 + 25 - 9?\n\n## Conversation so far\n### Student, attempt 1\n"
@@ -79,21 +96,19 @@ def _structure_ok(tokenizer: Any) -> str | None:
 class AuxPromptTokenizer:
     """Per-trajectory cache of piece token ids for `builder` (see the module docstring)."""
 
-    _verdicts: dict[tuple, bool] = {}
-
     def __init__(self, builder: ContinuousTokenBuilder):
         self.builder = builder
         self.tokenizer = builder.tokenizer
         self._pieces: dict[str, list[int]] = {}
+        self._shared = _state(self.tokenizer)
         self.enabled = self._check()
 
     def _check(self) -> bool:
         b = self.builder
         if type(b) not in _PLAIN_BUILDERS:
             return False
-        key = (type(b), id(self.tokenizer), getattr(self.tokenizer, "chat_template", None),
-               repr(sorted(b.chat_template_kwargs.items())))
-        verdict = self._verdicts.get(key)
+        key = (type(b), getattr(self.tokenizer, "chat_template", None), repr(sorted(b.chat_template_kwargs.items())))
+        verdict = self._shared["verdicts"].get(key)
         if verdict is None:
             reason = _structure_ok(self.tokenizer)
             if reason is None:
@@ -109,7 +124,7 @@ class AuxPromptTokenizer:
             verdict = reason is None
             if not verdict:
                 logger.info("rl2f: incremental prompt tokenisation disabled for this tokenizer (%s)", reason)
-            self._verdicts[key] = verdict
+            self._shared["verdicts"][key] = verdict
         return verdict
 
     def _encode(self, messages: list[dict[str, Any]], *, cache: bool = True) -> list[int]:
@@ -121,14 +136,26 @@ class AuxPromptTokenizer:
         ids: list[int] = []
         start = 0
         bounds = [m.start() for m in _CUT.finditer(text)] + [len(text)]
-        for end in bounds:
+        for i, end in enumerate(bounds):
             piece = text[start:end]
             start = end
-            got = self._pieces.get(piece) if cache else None
+            if not cache:
+                ids.extend(encode(piece, add_special_tokens=False).ids)
+                continue
+            got = self._pieces.get(piece)
+            if got is None and i == 0:
+                # The head (chat-template header + the prompt file's instructions up to its first "## " header) is
+                # the same text in every trajectory: shared process-wide, keyed by tokenizer and text.
+                got = self._shared["heads"].get(piece)
             if got is None:
                 got = encode(piece, add_special_tokens=False).ids
-                if cache and len(self._pieces) < MAX_CACHED_PIECES:
-                    self._pieces[piece] = got
+                if i == 0:
+                    heads = self._shared["heads"]
+                    if len(heads) >= MAX_SHARED_HEADS:
+                        heads.pop(next(iter(heads)))
+                    heads[piece] = got
+            if len(self._pieces) < MAX_CACHED_PIECES:
+                self._pieces[piece] = got
             ids.extend(got)
         return ids
 
@@ -142,13 +169,11 @@ class AuxPromptTokenizer:
             return None
         return frame[0] + self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids + frame[1]
 
-    _frame_verdicts: dict[tuple, bool] = {}
-
     def _frame_ok(self, frame: tuple[list[int], list[int]]) -> bool:
         b = self.builder
-        key = (type(b), id(self.tokenizer), getattr(self.tokenizer, "chat_template", None),
-               repr(sorted(b.chat_template_kwargs.items())), tuple(frame[0]), tuple(frame[1]))
-        verdict = self._frame_verdicts.get(key)
+        key = (type(b), getattr(self.tokenizer, "chat_template", None), repr(sorted(b.chat_template_kwargs.items())),
+               tuple(frame[0]), tuple(frame[1]))
+        verdict = self._shared["frame_verdicts"].get(key)
         if verdict is None:
             verdict = True
             encode = self.tokenizer.backend_tokenizer.encode
@@ -164,7 +189,7 @@ class AuxPromptTokenizer:
                     break
             if not verdict:
                 logger.info("rl2f: framed user-turn tokenisation disabled for this tokenizer/template")
-            self._frame_verdicts[key] = verdict
+            self._shared["frame_verdicts"][key] = verdict
         return verdict
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int] | None:
