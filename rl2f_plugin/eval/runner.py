@@ -180,11 +180,12 @@ def _prepare_output(path: str, header: dict[str, Any]) -> set[str]:
 # one problem
 # ------------------------------------------------------------------------------------------------------------
 def _sampling_params(cfg, temperature: float | None = None) -> dict[str, Any]:
-    """Validation sampling parameters, as ``AgentLoopWorker.generate_sequences`` builds them with validate=True."""
+    """Validation sampling parameters, as ``AgentLoopWorker.generate_sequences`` builds them with validate=True
+    (except ``logprobs``, always off here)."""
     rollout = cfg.actor_rollout_ref.rollout
     val = rollout.val_kwargs
-    sp = dict(temperature=val.temperature, top_p=val.top_p, top_k=val.top_k, repetition_penalty=1.0,
-              logprobs=rollout.calculate_log_probs)
+    # no log-probs: evaluation reads none, and computing them costs the backend time and memory
+    sp = dict(temperature=val.temperature, top_p=val.top_p, top_k=val.top_k, repetition_penalty=1.0, logprobs=False)
     if temperature is not None:
         sp["temperature"] = temperature
     return sp
