@@ -318,6 +318,16 @@ def test_teacher_down_falls_back_without_losing_the_trajectory():
     assert ef[schema.REWARD_EXTRA_INFO]["teacher_errors"] == 2.0
 
 
+def test_self_teacher_server_error_falls_back_without_losing_the_trajectory():
+    # the policy server fails on the self teacher's request (e.g. a prompt over its context limit): that is a
+    # teacher failure handled by rl2f.on_teacher_error, not a crash of the whole rollout
+    out, server, _ = rollout(["4", "5"], [RuntimeError("prompt is longer than the model's context")])
+    ef = out.extra_fields
+    assert ef["rl2f_teacher_errors"] == 1 and ef[schema.EF_SOLVED_AT_TURN] == 2 and out.reward_score == 1.0
+    with pytest.raises(TeacherError, match=r"policy server failed on an auxiliary call .*RuntimeError: prompt is longer"):
+        rollout(["4", "5"], [RuntimeError("prompt is longer than the model's context")], rl2f={"on_teacher_error": "raise"})
+
+
 def test_slow_teacher_times_out_then_raise_policy_gives_a_clear_error():
     rl2f = {"teacher_timeout_s": 0.05, "on_teacher_error": "raise"}
     with pytest.raises(TeacherError, match=r"teacher 'self' failed at turn 1: teacher timed out after 0.05s"):

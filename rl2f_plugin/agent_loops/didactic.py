@@ -436,8 +436,14 @@ class DidacticAgentLoop(AgentLoopBase):
         params = {"temperature": float(temperature), "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
                   "logprobs": False, "max_tokens": int(max_tokens)}
         self._aux_calls += 1
-        out = await self.server_manager.generate(request_id=f"{TEACHER_REQUEST_PREFIX}{self._request_id}-{self._aux_calls}", prompt_ids=prompt_ids,
-                                                  sampling_params=params)
+        try:
+            out = await self.server_manager.generate(request_id=f"{TEACHER_REQUEST_PREFIX}{self._request_id}-{self._aux_calls}",
+                                                      prompt_ids=prompt_ids, sampling_params=params)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed auxiliary call is a teacher failure: rl2f.on_teacher_error decides
+            raise TeacherError(f"policy server failed on an auxiliary call ({len(prompt_ids)} prompt tokens): "
+                               f"{type(exc).__name__}: {exc}") from exc
         return self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
 
