@@ -68,7 +68,7 @@ def test_entry_point_task_is_found_and_verifies(tmp_path):
         from rl2f_plugin.tasks import get_task, list_tasks
         from reward_fns import compute_score
         task = get_task("my_units")
-        good = task.verify("1 km is 1000 m, so 3000 m is 3 km.\nAnswer: 3 km", "3 km")
+        good = task.verify("1 km is 1000 m, so 3000 m is 3 km.\\nAnswer: 3 km", "3 km")
         bad = task.verify("Answer: 3 m", "3 km")
         score = compute_score("units", "Answer: 3 km", "3 km", {"task": "my_units"})
         print(json.dumps({"tasks": list_tasks(), "good": good.score, "bad": [bad.score, bad.reason],
