@@ -74,7 +74,8 @@ evaluate() {  # $1 = label, $2 = model folder
   run "$PY" -m rl2f_plugin.eval --data "$DATA/test.parquet" --out "$OUT/eval/$1.jsonl" --name "$1" \
       --student "hf:$2" --teacher "$EVAL_TEACHER" --max-turns "$EVAL_TURNS" --recipe "$REPO/recipes/rl2f_cpu.yaml" \
       --response-length $(( (EVAL_MAX_NEW_TOKENS + 64) * EVAL_TURNS )) --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
-      --prompt-length 1024 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} --concurrency 8 --batch-size 8 --no-progress || [[ $? == 1 ]]  # exit 1 = some problems errored (kept in the file)
+      --prompt-length 1024 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} --concurrency 8 --batch-size 8 --no-progress \
+      --problem-timeout 3600 || [[ $? == 1 ]]  # exit 1 = some problems errored (kept in the file)
 }
 evaluate base "$MODEL"
 evaluate rlvr "$OUT/rlvr_cpu/checkpoints/global_step_$STEPS/actor/huggingface"
