@@ -442,3 +442,15 @@ def test_extra_info_task_wins_over_data_source():
 
 def test_autodidact_class_is_a_didactic_loop():
     assert issubclass(AutodidactAgentLoop, DidacticAgentLoop)
+
+
+def test_verl_builder_fallback_warning_is_logged_once_per_process(caplog):
+    import logging
+
+    from verl.utils.tokenizer.continuous_token_wiring import infer_continuous_token_model_family
+
+    with caplog.at_level(logging.WARNING, logger="verl.utils.tokenizer.continuous_token_wiring"):
+        for _ in range(3):
+            infer_continuous_token_model_family(hf_model_type="rl2f_unknown_model_type")
+    hits = [r for r in caplog.records if "rl2f_unknown_model_type" in r.getMessage()]
+    assert len(hits) == 1

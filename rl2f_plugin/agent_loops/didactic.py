@@ -44,6 +44,26 @@ from .prompt_tokens import AuxPromptTokenizer
 
 logger = logging.getLogger(__name__)
 
+class _SameWarningOnce(logging.Filter):
+    """verl re-resolves the Continuous Token builder for every trajectory (a fresh loop instance each) and warns
+    each time for model types it has no builder for (SmolLM2's "llama"): keep the first of each such warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not record.getMessage().startswith("No model-specific Continuous Token builder"):
+            return True
+        key = record.getMessage()
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+logging.getLogger("verl.utils.tokenizer.continuous_token_wiring").addFilter(_SameWarningOnce())
+
 #: Loop-level keys of the ``rl2f:`` section that are not in `schema.DEFAULTS` (defaults live here).
 LOOP_DEFAULTS: dict[str, Any] = {
     "verify_timeout_s": 30.0,       # per verify() call; a timeout counts as a wrong answer ("verifier timeout")
