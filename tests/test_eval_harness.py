@@ -188,14 +188,15 @@ def test_summary_numbers_match_hand_computation():
     # solved at turns 1, 2, never, 2  ->  cumulative 1/4, 3/4, 3/4
     assert s.cum_acc == [0.25, 0.75, 0.75]
     assert (s.n_problems, s.n_errors) == (4, 1)
-    # feedback turns: 0 + 1 + 2 + 1 = 4, one of them leaked
-    assert s.feedback_turns == 4 and s.leak_rate == 0.25 and s.leak_count == 2
+    # feedback turns: 0 + 1 + 2 + 1 = 4; 2 leaks caught, one turn fell back to the safe feedback, so the teacher
+    # replied 4 + 2 - 1 = 5 times and 2 of those leaked
+    assert s.feedback_turns == 4 and s.teacher_replies == 5 and s.leak_rate == 0.4 and s.leak_count == 2
     assert s.mean_turns_to_solve == pytest.approx((1 + 2 + 2) / 3)
     # a bootstrap CI contains the estimate and stays in [0, 1]
     for t in range(3):
         assert 0.0 <= s.ci_low[t] <= s.cum_acc[t] <= s.ci_high[t] <= 1.0
     table = rpt.format_table([s])
-    assert "| hand | 4 | 1 | 0.250 [" in table and "0.250 (2 leaks / 4 fb)" in table
+    assert "| hand | 4 | 1 | 0.250 [" in table and "0.400 (2 leaks / 5 teacher replies)" in table
 
 
 def test_bootstrap_ci_agrees_with_normal_approximation():

@@ -32,12 +32,16 @@ class RunSummary:
     ci_low: list[float]
     ci_high: list[float]
     leak_rate: float | None
-    """Feedback turns that leaked (``rl2f_leaked_turns``) / all feedback turns; None without feedback turns."""
+    """Leaks caught by the leak guard / teacher replies checked (feedback turns + regenerated leaks - turns that
+    fell back to the safe feedback), as in training's ``rl2f/leak_rate`` (`rl2f_plugin.metrics.leak_rate`);
+    None without teacher replies. The paper's figure (~0.3% of teacher turns leaked) is of this kind."""
     leak_count: int
     feedback_turns: int
     mean_turns_to_solve: float | None
     """Mean first-correct turn over solved records."""
     mean_student_turns: float
+    teacher_replies: int = 0
+    """Teacher replies the leak guard checked (the leak rate's denominator)."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,6 +115,7 @@ def summarize(records: Iterable[dict[str, Any]], *, name: str = "run", max_turns
         leak_count += int(r.get("leak_count") or 0)
         leaked += int(r.get("leaked_turns") or 0)
         fb_turns += int(r.get("feedback_turns") or 0)
+    teacher_replies = fb_turns + leak_count - leaked
     if by_problem:
         per_problem = np.stack([np.mean(v, axis=0) for v in by_problem.values()])
         cum = per_problem.mean(axis=0)
@@ -121,7 +126,8 @@ def summarize(records: Iterable[dict[str, Any]], *, name: str = "run", max_turns
     return RunSummary(
         name=name, max_turns=k, n_problems=len(by_problem), n_records=len(ok), n_errors=len(errors),
         cum_acc=[float(x) for x in cum], ci_low=[float(x) for x in ci[0]], ci_high=[float(x) for x in ci[1]],
-        leak_rate=(leaked / fb_turns) if fb_turns else None, leak_count=leak_count, feedback_turns=fb_turns,
+        leak_rate=(leak_count / teacher_replies) if teacher_replies else None, leak_count=leak_count,
+        feedback_turns=fb_turns, teacher_replies=teacher_replies,
         mean_turns_to_solve=float(np.mean(solved_turns)) if solved_turns else None,
         mean_student_turns=float(np.mean(student_turns)) if student_turns else 0.0,
         meta=dict(meta or {}),
@@ -155,7 +161,7 @@ def format_table(summaries: list[RunSummary]) -> str:
                 cells.append(f"{_fmt(s.cum_acc[t])} [{_fmt(s.ci_low[t])}, {_fmt(s.ci_high[t])}]")
             else:
                 cells.append("-")
-        leak = "-" if s.leak_rate is None else f"{_fmt(s.leak_rate)} ({s.leak_count} leaks / {s.feedback_turns} fb)"
+        leak = "-" if s.leak_rate is None else f"{_fmt(s.leak_rate)} ({s.leak_count} leaks / {s.teacher_replies} teacher replies)"
         cells += [leak, _fmt(s.mean_turns_to_solve, 2)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
