@@ -44,7 +44,7 @@ set +e
     data.train_files="$DATA/train.parquet" data.val_files="$DATA/test.parquet" \
     trainer.total_training_steps="$STEPS" trainer.save_freq="$STEPS" \
     trainer.default_local_dir="$RUN/checkpoints" hydra.run.dir="$RUN/hydra" "$@" 2>&1) \
-  | "$PY" "$REPO/rl2f_plugin/cpu/demo_report.py" filter --log "$RUN/train.log"
+  | "$PY" -m rl2f_plugin.cpu.demo_report filter --log "$RUN/train.log"
 status=${PIPESTATUS[0]}
 set -e
 
@@ -57,11 +57,12 @@ if [[ $status -ne 0 ]]; then
   exit "$status"
 fi
 echo "[rl2f demo] per-step metrics:"
-"$PY" "$REPO/rl2f_plugin/cpu/demo_report.py" summary --metrics "$RUN/metrics.jsonl"
+"$PY" -m rl2f_plugin.cpu.demo_report summary --metrics "$RUN/metrics.jsonl" --plot "$RUN/metrics.png"
 echo
 echo "[rl2f demo] done. Where things are:"
 echo "  full training log   $RUN/train.log"
 echo "  metrics (JSONL)     $RUN/metrics.jsonl   (one record per step, verl's file logger)"
+echo "  metrics (plot)      $RUN/metrics.png     (reward, cumulative accuracy by turn, losses, seconds per step)"
 echo "  rollout log         $RUN/rollout.jsonl   (weight syncs and generation batches of the hf rollout)"
 echo "  checkpoints         $RUN/checkpoints     (verl FSDP checkpoint of the last step)"
 echo "  model / data cache  $MODEL  $DATA"

@@ -2,7 +2,8 @@
 
 ``filter``: reads main_ppo's console output on stdin, writes every line to ``--log`` and prints, for each
 ``step:N - key:value - ...`` line, one compact line (reward, cumulative accuracy by turn, losses, timings).
-``summary``: prints a per-step table from verl's file-logger JSONL.
+``summary``: prints a per-step table from verl's file-logger JSONL and, with ``--plot``, draws it as a PNG
+(reward, cumulative accuracy by turn, world-model CE, seconds per step).
 """
 
 from __future__ import annotations
@@ -85,7 +86,55 @@ def cmd_summary(args) -> int:
         return 1
     for step in sorted(steps):
         print(compact(step, steps[step]))
+    if steps and args.plot:
+        plot_steps(steps, args.plot)
+        print(f"plot: {args.plot}")
     return 0 if steps else 1
+
+
+def plot_steps(steps: dict[int, dict[str, float]], path: str) -> None:
+    """One PNG with four panels over training steps: reward, cumulative accuracy by turn, world-model CE and
+    seconds per step (split into generation / update)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = sorted(steps)
+
+    def series(key: str) -> list[float]:
+        return [float(steps[x].get(key, float("nan"))) for x in xs]
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    ax = axes[0][0]
+    ax.plot(xs, series("critic/score/mean"), marker="o")
+    ax.set_title("reward (mean)")
+    ax = axes[0][1]
+    turns = sorted({int(k[len("rl2f/acc_turn"):]) for m in steps.values() for k in m
+                    if k.startswith("rl2f/acc_turn") and k[len("rl2f/acc_turn"):].isdigit()})
+    for t in turns:
+        ax.plot(xs, series(f"rl2f/acc_turn{t}"), marker="o", label=f"turn {t}")
+    ax.set_title("cumulative accuracy by turn")
+    ax.set_ylim(-0.02, 1.02)
+    if turns:
+        ax.legend(fontsize=8)
+    ax = axes[1][0]
+    ax.plot(xs, series("actor/wm_ce"), marker="o", label="world-model CE")
+    ax.plot(xs, series("actor/pg_loss"), marker="o", label="pg loss")
+    ax.set_title("losses")
+    ax.legend(fontsize=8)
+    ax = axes[1][1]
+    for key, label in (("timing_s/step", "step"), ("timing_s/gen", "generation"), ("timing_s/update_actor", "update")):
+        ax.plot(xs, series(key), marker="o", label=label)
+    ax.set_title("seconds")
+    ax.legend(fontsize=8)
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--log", required=True)
     s = sub.add_parser("summary")
     s.add_argument("--metrics", required=True)
+    s.add_argument("--plot", help="also write the per-step metrics as a PNG here")
     args = p.parse_args(argv)
     return cmd_filter(args) if args.cmd == "filter" else cmd_summary(args)
 
