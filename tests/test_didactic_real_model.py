@@ -140,13 +140,7 @@ def test_real_model_didactic_rollout(smollm2):
 
 
 def _runs(mask, ids):
-    out, cur = [], []
-    for m, t in zip(mask, ids):
-        if m:
-            cur.append(t)
-        elif cur:
-            out.append(cur)
-            cur = []
-    if cur:
-        out.append(cur)
-    return out
+    """Token runs where mask == 1 (the harness's own span finder)."""
+    from rl2f_plugin.eval.transcript import mask_spans
+
+    return [list(ids[a:b]) for a, b in mask_spans(mask)]
