@@ -8,6 +8,8 @@ reply costs milliseconds, and they never raise on odd input.
 * `answer_tag(text)`      -> content of the last ``<answer>...</answer>`` pair (reasoning-gym's convention)
 * `last_code_block(text)` -> body of the last fenced (```) code block, preferring python blocks
 * `extract_final_answer(text)` -> the first of boxed / answer tag / answer line that is present
+* `last_number(text)`     -> the last number in the text ("-12", "3.5", "1,000" -> "1000"), as GSM8K's
+  "flexible" scorers read a reply
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 
 __all__ = [
     "last_boxed", "answer_line", "answer_tag", "last_code_block", "extract_final_answer", "strip_math_delimiters",
+    "last_number",
 ]
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
@@ -160,3 +163,19 @@ def extract_final_answer(text: str) -> str | None:
         if ans:
             return ans
     return None
+
+
+# A number: a sign (only where it cannot be a binary minus, as in "10-3"), digits with optional thousands commas,
+# optional decimals. Linear: the alternatives never compete for the same characters for long.
+_NUMBER = re.compile(r"(?:(?<![\w.)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in `text` with thousands commas removed, or None ("so 7 - 9 = -2." -> "-2").
+    A sentence-final period is not a decimal point ("is 5." -> "5")."""
+    if not text:
+        return None
+    last = None
+    for m in _NUMBER.finditer(text):
+        last = m
+    return last.group(0).replace(",", "") if last else None

@@ -13,10 +13,22 @@ How a dataset row carries what ``score_answer`` needs (written by
 * with none of these, the entry is ``{"answer": ground_truth, "metadata": {}}`` (enough for generators that
   compare against the answer only).
 
-The student's answer is the last ``<answer>...</answer>`` (reasoning-gym's convention), else the last
-``\\boxed{}``, else the last "Answer:" line. Scoring runs in a `reward_fns.worker_pool` worker, so it is
-time-bounded (``rg_timeout``) and never blocks the caller; reasoning-gym's import and the dataset build are
-not counted against that limit. Scores may be partial (in [0, 1]); only 1.0 counts as correct.
+Answer extraction (``extra_info["answer_extraction"]``, the row's choice, like the ``strict`` / ``flexible``
+methods of verl's own GSM8K scorer):
+
+* ``strict`` (default): the last ``<answer>...</answer>`` (reasoning-gym's convention), else the last
+  ``\\boxed{}``, else the last "Answer:" line; a reply with none of them has no answer;
+* ``flexible``: the same, and a reply with none of them is read for its last number (``last_number``). Meant for
+  numeric generators and small models that answer right but ignore the tag format; there is no bonus for the
+  format either way.
+
+The reward is sparse: 1.0 when ``score_answer`` says the answer is right, else 0.0. reasoning-gym's own partial
+credit (its default scorer gives ``len(oracle) / len(answer)`` to any answer that merely *contains* the oracle,
+so "0123456789" earns 0.1 on every one-digit problem) is used only when the row sets
+``extra_info["partial_credit"] = True``; the raw score is kept in the details either way (``rg_score``).
+
+Scoring runs in a `reward_fns.worker_pool` worker, so it is time-bounded (``rg_timeout``) and never blocks the
+caller; reasoning-gym's import and the dataset build are not counted against that limit.
 """
 
 from __future__ import annotations
@@ -25,10 +37,13 @@ import json
 from typing import Any
 
 from .common import Verdict, limit, trim
-from .extraction import extract_final_answer, answer_tag
+from .extraction import answer_tag, extract_final_answer, last_number
 from .worker_pool import PoolError, PoolTimeout, get_pool
 
-__all__ = ["verify_reasoning_gym", "extract_rg_answer", "known_generators"]
+__all__ = ["verify_reasoning_gym", "extract_rg_answer", "known_generators", "ANSWER_EXTRACTION_MODES"]
+
+#: values of ``extra_info["answer_extraction"]``
+ANSWER_EXTRACTION_MODES = ("strict", "flexible")
 
 
 def known_generators() -> list[str]:
@@ -37,11 +52,29 @@ def known_generators() -> list[str]:
     return sorted(DATASETS)
 
 
-def extract_rg_answer(response: str) -> str | None:
+def extract_rg_answer(response: str, mode: str = "strict") -> str | None:
+    """The student's answer under extraction `mode` (see the module docstring)."""
+    if mode not in ANSWER_EXTRACTION_MODES:
+        raise ValueError(f"unknown answer_extraction {mode!r}; known: {', '.join(ANSWER_EXTRACTION_MODES)}")
     ans = answer_tag(response or "")
-    if ans is not None:
-        return ans
-    return extract_final_answer(response or "")
+    if ans is None:
+        ans = extract_final_answer(response or "")
+    if ans is None and mode == "flexible":
+        ans = last_number(response or "")
+    return ans
+
+
+def answer_extraction_mode(extra_info: dict | None) -> str:
+    """The row's ``answer_extraction`` (default ``strict``); an unknown value is a data error naming the field."""
+    mode = (extra_info or {}).get("answer_extraction") or "strict"
+    if mode not in ANSWER_EXTRACTION_MODES:
+        raise ValueError(f"extra_info.answer_extraction={mode!r} is not one of {', '.join(ANSWER_EXTRACTION_MODES)}")
+    return str(mode)
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("1", "true", "yes")) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1)
 
 
 def _jsonish(value: Any) -> Any:
@@ -60,9 +93,11 @@ def _jsonish(value: Any) -> Any:
 def verify_reasoning_gym(generator: str, response: str, ground_truth: Any, extra_info: dict | None = None,
                          timeout: float | None = None) -> Verdict:
     extra_info = extra_info or {}
-    answer = extract_rg_answer(response)
+    mode = answer_extraction_mode(extra_info)
+    answer = extract_rg_answer(response, mode)
     if answer is None:
-        return Verdict(0.0, "no final answer found (expected <answer>...</answer>)", None)
+        expected = "<answer>...</answer>" + (" or a number" if mode == "flexible" else "")
+        return Verdict(0.0, f"no final answer found (expected {expected})", None)
     if len(answer) > 20 * int(limit("max_answer_chars")):
         return Verdict(0.0, f"answer too long ({len(answer)} chars)", trim(answer, 100))
     config = _jsonish(extra_info.get("rg_config"))
@@ -85,9 +120,13 @@ def verify_reasoning_gym(generator: str, response: str, ground_truth: Any, extra
         return Verdict(0.0, f"timeout: score_answer took longer than {t:g}s", answer)
     except PoolError as exc:
         return Verdict(0.0, f"verifier error: {trim(str(exc), 200)}", answer)
-    score = float(res["score"])
-    return Verdict(score, "correct" if score >= 1.0 else (f"partial credit {score:.2f}" if score > 0 else "incorrect"),
-                   answer, {"entry_source": res.get("entry_source", "")})
+    raw = float(res["score"])
+    details = {"entry_source": res.get("entry_source", ""), "rg_score": raw}
+    if raw >= 1.0:
+        return Verdict(1.0, "correct", answer, details)
+    if raw > 0 and _truthy(extra_info.get("partial_credit")):
+        return Verdict(raw, f"partial credit {raw:.2f}", answer, details)
+    return Verdict(0.0, "incorrect", answer, details)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -240,7 +240,15 @@ def test_execution_teacher_rewritten_by_an_llm():
 
 def test_template_teacher():
     t = build_teacher({"name": "template"})
-    assert asyncio.run(t.feedback(ctx())) == "Your final answer (0.25) is incorrect. Wrong answer. Check your reasoning step by step and try again."
+    # the task's privileged hint (direction to move; gold 0.5, student 0.25), never the answer itself
+    assert asyncio.run(t.feedback(ctx())) == "Your final answer (0.25) is incorrect. It is too small. Check your reasoning step by step and try again."
+    too_large = ctx(vr=VerifyResult(0.0, "3/4", "Wrong answer"))
+    assert "It is too large." in asyncio.run(t.feedback(too_large))
+    plain = build_teacher({"name": "template", "hints": False})
+    assert asyncio.run(plain.feedback(ctx())) == "Your final answer (0.25) is incorrect. Wrong answer. Check your reasoning step by step and try again."
+    # a verdict that only says "incorrect" is not repeated after "is incorrect."; no hint for non-numbers
+    words = ctx(vr=VerifyResult(0.0, "a half", "incorrect"))
+    assert asyncio.run(t.feedback(words)) == "Your final answer (a half) is incorrect. Check your reasoning step by step and try again."
     no_answer = ctx(vr=VerifyResult(0.0, None, "no \\boxed{} answer"))
     assert asyncio.run(t.feedback(no_answer)).startswith("I could not find a final answer in your reply. No \\boxed{} answer.")
 

@@ -134,13 +134,57 @@ def test_reasoning_gym_answer_extraction_and_fallback():
     assert v.score == 1.0 and v.details["entry_source"] == "ground_truth"
 
 
+@pytest.mark.parametrize("text, number", [
+    ("so 7 - 9 = -2.", "-2"), ("The answer is 5.", "5"), ("1,000 apples", "1000"), ("3.5 and then 2", "2"),
+    ("10-3", "3"), ("(-3)", "-3"), ("no digits", None), ("", None),
+])
+def test_last_number(text, number):
+    from reward_fns.extraction import last_number
+
+    assert last_number(text) == number
+
+
+def test_reasoning_gym_flexible_extraction_reads_the_last_number():
+    e, extra = _row("basic_arithmetic")
+    reply = f"Let me compute: the result is {e['answer']}."
+    assert verify_reasoning_gym("basic_arithmetic", reply, e["answer"], extra).score == 0.0  # strict: no tag
+    flexible = {**extra, "answer_extraction": "flexible"}
+    v = verify_reasoning_gym("basic_arithmetic", reply, e["answer"], flexible)
+    assert v.score == 1.0 and v.extracted == str(e["answer"])
+    # an explicit answer still wins over the last number, and a wrong last number scores 0
+    assert verify_reasoning_gym("basic_arithmetic", f"<answer>{e['answer']}</answer> (checked 3 times)",
+                                e["answer"], flexible).score == 1.0
+    assert verify_reasoning_gym("basic_arithmetic", "it is 98765", e["answer"], flexible).score == 0.0
+    with pytest.raises(ValueError, match="answer_extraction='loose' is not one of strict, flexible"):
+        verify_reasoning_gym("basic_arithmetic", reply, e["answer"], {**extra, "answer_extraction": "loose"})
+
+
+def test_reasoning_gym_reward_is_sparse_unless_partial_credit_is_asked():
+    """reasoning-gym's default scorer gives len(oracle)/len(answer) to any answer containing the oracle: a digit
+    string would earn reward on every one-digit problem. rl2f's reward is 0/1 unless the row opts in."""
+    v = verify_reasoning_gym("basic_arithmetic", "<answer>0123456789</answer>", "7", {})
+    assert v.score == 0.0 and v.details["rg_score"] == pytest.approx(0.1) and v.reason == "incorrect"
+    p = verify_reasoning_gym("basic_arithmetic", "<answer>0123456789</answer>", "7", {"partial_credit": True})
+    assert p.score == pytest.approx(0.1) and p.reason == "partial credit 0.10"
+
+
+def test_task_hint_gives_a_direction_never_the_answer():
+    from rl2f_plugin.tasks import VerifyResult, get_task
+
+    task = get_task("reasoning_gym:basic_arithmetic")
+    assert task.hint(VerifyResult(0.0, "45"), "-49") == "It is too large."
+    assert task.hint(VerifyResult(0.0, "-1.5"), "7/2") == "It is too small."
+    for extracted, gold in [("7", "7"), ("seven", "7"), ("7", "[1, 2]"), (None, "7")]:
+        assert task.hint(VerifyResult(0.0, extracted), gold) == ""
+
+
 # ------------------------------------------------------------------------------------ hostile text
 def test_text_verifiers_are_linear_on_hostile_replies():
     """Regexes must not backtrack super-linearly: long whitespace runs after a marker, bracket floods,
     delimiter floods. Each case is ~100 KB; a quadratic regex takes minutes on these, a linear one ms."""
     import time
 
-    from reward_fns.extraction import extract_final_answer, last_code_block
+    from reward_fns.extraction import extract_final_answer, last_code_block, last_number
     from reward_fns.math_verifier import extract_math_answer
 
     n = 100_000
@@ -149,7 +193,7 @@ def test_text_verifiers_are_linear_on_hostile_replies():
              "[[" + "1" * n + "x", "$" * n, "\\boxed{" * (n // 7), "```" + " " * n, "1 2 3\n" * (n // 6)]
     checks = [lambda t: verify_arc(t, [[1]]), lambda t: verify_exact(t, "a"),
               lambda t: verify_choice(t, "B", {"options": ["x", "y"]}), extract_final_answer, last_code_block,
-              extract_math_answer]
+              extract_math_answer, last_number]
     t0 = time.monotonic()
     for text in texts:
         for check in checks:

@@ -19,6 +19,11 @@ exact entry:
 * ``solution``: a privileged reference solution when the generator's metadata has one (teacher only).
 
 Per-generator options: ``--gen-config '{"basic_arithmetic": {"max_terms": 4}}'``.
+
+``--answer-extraction flexible`` writes ``extra_info["answer_extraction"] = "flexible"`` on every row: a reply
+without an ``<answer>`` tag (or ``\\boxed{}`` / "Answer:" line) is read for its last number, as verl's GSM8K
+scorer does in its flexible mode (see `reward_fns.reasoning_gym_verifier`). The CPU default uses it: the
+embedded 135M model answers right more often than it writes the tags.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def generator_category(name: str) -> str:
 
 
 def convert_generator(name: str, n_train: int, n_test: int, seed: int, config: dict | None = None,
-                      ) -> tuple[list[dict], list[dict]]:
+                      answer_extraction: str = "strict") -> tuple[list[dict], list[dict]]:
     """(train rows, test rows) for one generator; test questions never repeat train questions."""
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
@@ -94,6 +99,8 @@ def convert_generator(name: str, n_train: int, n_test: int, seed: int, config: d
             "rg_config": rg_config,
             "rg_index": idx,
         }
+        if answer_extraction != "strict":
+            extra["answer_extraction"] = answer_extraction
         return make_row(data_source=f"{DATA_SOURCE_PREFIX}/{name}", task=task, problem=entry["question"],
                         ground_truth=str(entry["answer"]), ability=category, split=split, index=idx,
                         privileged=privileged, extra=extra)
@@ -120,7 +127,7 @@ def split_evenly(total: int, parts: int) -> list[int]:
 
 
 def build(generators: list[str], train_size: int, test_size: int, seed: int,
-          gen_config: dict[str, dict] | None = None) -> dict[str, list[dict]]:
+          gen_config: dict[str, dict] | None = None, answer_extraction: str = "strict") -> dict[str, list[dict]]:
     if not generators:
         raise SystemExit("--generators: give at least one reasoning-gym generator")
     gen_config = gen_config or {}
@@ -131,7 +138,7 @@ def build(generators: list[str], train_size: int, test_size: int, seed: int,
     test: list[dict] = []
     for name, n_tr, n_te in zip(generators, split_evenly(train_size, len(generators)),
                                 split_evenly(test_size, len(generators))):
-        tr, te = convert_generator(name, n_tr, n_te, seed, gen_config.get(name))
+        tr, te = convert_generator(name, n_tr, n_te, seed, gen_config.get(name), answer_extraction)
         train += tr
         test += te
     return {"train": shuffle_and_reindex(train, seed, "train"), "test": shuffle_and_reindex(test, seed + 1, "test")}
@@ -144,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     p.add_argument("--test-size", type=int, default=128, help="total test rows (over all generators)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gen-config", default="{}", help='JSON: {"generator": {config overrides}}')
+    p.add_argument("--answer-extraction", choices=["strict", "flexible"], default="strict",
+                   help="strict: <answer> tag / boxed / 'Answer:' line only; flexible: else the reply's last number")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     if args.train_size < 0 or args.test_size < 0:
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     except json.JSONDecodeError as exc:
         raise SystemExit(f"--gen-config is not valid JSON: {exc}") from exc
     generators = [g.strip() for g in args.generators.split(",") if g.strip()]
-    splits = build(generators, args.train_size, args.test_size, args.seed, gen_config)
+    splits = build(generators, args.train_size, args.test_size, args.seed, gen_config, args.answer_extraction)
     return write_splits(os.path.expanduser(args.out_dir), {k: v for k, v in splits.items() if v})
 
 

@@ -15,7 +15,9 @@ Tasks are registered by name with `register_task` (see `rl2f_plugin.tasks.regist
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 
@@ -91,6 +93,15 @@ class Task:
             parts.append(f"Verifier: {verify_result.reason}")
         return "\n\n".join(parts)
 
+    def hint(self, verify_result: VerifyResult, ground_truth: Any, extra_info: dict | None = None) -> str:
+        """A short privileged hint for rule-based feedback (the ``template`` teacher) that never states the
+        answer; "" for none. Default: for a numeric answer and a numeric ground truth, whether the answer is too
+        large or too small (the direction to move, not the distance)."""
+        got, want = _as_number(verify_result.extracted), _as_number(ground_truth)
+        if got is None or want is None or got == want:
+            return ""
+        return "It is too large." if got > want else "It is too small."
+
     def answer_strings(self, ground_truth: Any, extra_info: dict | None = None) -> list[str]:
         """Strings whose literal appearance in feedback counts as a leak (normalised matching is done by
         the leak guard). Default: the ground truth itself."""
@@ -99,6 +110,22 @@ class Task:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _as_number(value: Any) -> Fraction | None:
+    """`value` as an exact number when it is a plain integer, decimal or fraction ("-3", "2.50", "7/4"), else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).strip().replace(",", "")
+    if not _PLAIN_NUMBER.fullmatch(text):
+        return None
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+_PLAIN_NUMBER = re.compile(r"[-+]?\d{1,30}(?:\.\d{1,30})?(?:/\d{1,30})?")
 
 
 def format_ground_truth(ground_truth: Any) -> str:

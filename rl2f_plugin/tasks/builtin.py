@@ -343,6 +343,12 @@ class ReasoningGymTask(_BaseTask):
         except Exception:  # noqa: BLE001
             return False
 
+    def validate_ground_truth(self, ground_truth: Any, extra_info: dict) -> None:
+        """Data check (`rl2f_plugin.data_validation`): the row's ``answer_extraction`` is a known mode."""
+        from reward_fns.reasoning_gym_verifier import answer_extraction_mode
+
+        answer_extraction_mode(extra_info)
+
 
 @register_parametric_task("reasoning_gym")
 def _reasoning_gym_task(generator: str) -> ReasoningGymTask:

@@ -21,11 +21,21 @@ class SelfTeacher(Teacher):
 @register_teacher("template")
 class TemplateTeacher(Teacher):
     """Rule-based feedback without any LLM: "your answer X is incorrect" or "no final answer found", plus the
-    verifier's reason. For ablations and fast tests. Texts: ``template_incorrect``/``template_no_answer``."""
+    task's privileged hint (`Task.hint`: for numbers, "too large" / "too small") or else the verifier's reason.
+    Fast and leak-free by construction; the CPU default's teacher. Texts: ``template_incorrect`` /
+    ``template_no_answer``. Option ``hints: false`` gives the verifier's reason only."""
+
+    def __init__(self, config: dict, **kw):
+        super().__init__(config, **kw)
+        self.hints = bool(self.config.get("hints", True))
 
     async def feedback(self, ctx: TeacherContext) -> str:
         vr = ctx.verify_result
         reason = vr.reason.strip()
+        if reason.lower().rstrip(".") == "incorrect":  # says nothing the template does not already say
+            reason = ""
+        hint = ctx.task.hint(vr, ctx.ground_truth, ctx.extra_info) if self.hints and vr.extracted else ""
+        reason = hint.strip() or reason
         if reason and not reason.endswith((".", "!", "?")):
             reason += "."
         if reason:
