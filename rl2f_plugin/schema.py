@@ -33,6 +33,7 @@ REWARD_EXTRA_INFO = "reward_extra_info"        # verl's key: dict of numbers log
 # --- defaults of the ``rl2f:`` config section ------------------------------------------------------------
 DEFAULTS: dict[str, Any] = {
     "max_turns": 4,                 # student turns per trajectory (K)
+    "max_student_tokens": None,     # cap on one student reply (None: what is left of data.max_response_length)
     "reward_mode": "final",         # final | discounted | any_turn
     "gamma": 0.7,                   # turn discount for reward_mode=discounted
     "teacher": {

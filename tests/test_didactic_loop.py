@@ -193,6 +193,15 @@ def test_never_correct():
     assert out.response_mask[-1] == 1 and ef["rl2f_final_response"] == "7"
 
 
+def test_max_student_tokens_caps_each_student_reply_not_the_conversation():
+    long_reply = "I think the sum is four or maybe six, let me count again slowly"
+    out, server, tok = rollout([long_reply, "5"], ["Recount."], rl2f={"max_turns": 2, "max_student_tokens": 6})
+    student_calls = [c for c in server.calls if c["kind"] == "student"]
+    assert [c["sampling_params"]["max_tokens"] for c in student_calls] == [6, 6]
+    assert len(runs(out.response_mask, out.response_ids)[0]) == 6  # turn 1 cut at 6 tokens, the loop went on
+    assert out.extra_fields[schema.EF_SOLVED_AT_TURN] == 2 and out.extra_fields[schema.EF_TRUNCATED] == 0
+
+
 @pytest.mark.parametrize("mode,expected", [("final", 1.0), ("discounted", 0.7), ("any_turn", 1.0)])
 def test_reward_modes_in_the_loop(mode, expected):
     out, _, _ = rollout(["4", "5"], rl2f={"reward_mode": mode, "gamma": 0.7})

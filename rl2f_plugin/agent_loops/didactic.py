@@ -286,7 +286,8 @@ class DidacticAgentLoop(AgentLoopBase):
                             metrics: dict, extra_fields: dict) -> tuple[list[int], bool]:
         """Generate one student reply of at most `remaining` tokens and merge it (mask 1)."""
         params = dict(sampling_params)
-        params["max_tokens"] = min(int(params.get("max_tokens") or remaining), remaining)
+        per_turn = self.rl2f.get("max_student_tokens")  # rl2f.max_student_tokens: cap of one student reply
+        params["max_tokens"] = min(int(params.get("max_tokens") or remaining), remaining, int(per_turn or remaining))
         with simple_timer("generate_sequences", metrics):
             out: TokenOutput = await self.server_manager.generate(
                 request_id=request_id, prompt_ids=list(traj.runtime_ids), sampling_params=params)
