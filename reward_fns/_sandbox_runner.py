@@ -1,27 +1,42 @@
 """The program that runs *inside* the code sandbox (see `reward_fns.code_sandbox`). Standard library only.
 
-Run as ``python -I -B _sandbox_runner.py`` with the sandbox's private temp dir as cwd. It reads the job (JSON)
-from stdin, then, before any candidate code runs:
-  * sets resource limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0;
-  * installs an audit hook (it cannot be removed from Python) that refuses process creation (fork, exec,
-    spawn, subprocess, system), sockets, ctypes, signals to other processes, and any write, delete, rename,
-    chmod or mkdir outside the temp dir;
-  * replaces stdout/stderr with size-capped buffers.
-It reports JSON lines, tagged with a nonce from the job, on the pipe fd named in the job:
-  {"ev": "start", "i": k, "src": ...}    before test k (so a timeout can name the test that hung)
-  {"ev": "fail", ...} / {"ev": "done", "passed": n, "total": N, "status": ...}
+Run as ``python -I -B -S _sandbox_runner.py <result fd>`` with the sandbox's private temp dir as cwd. Two roles,
+two processes:
+
+* the **judge** (this program's first process) runs the trusted test code and decides every test;
+* the **candidate** processes, forked from the judge, run the untrusted program. The first one is forked before
+  the judge has read anything (the job arrives on stdin afterwards), so no candidate ever holds the tests, the
+  expected values or the report channel. A candidate keeps only its two pipes to the judge, then sets its
+  resource limits (RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, no core dumps) and an audit
+  hook (it cannot be removed from Python) that refuses process creation, sockets, ctypes, signals, writes,
+  deletes, renames or chmods outside the temp dir, directories opened outside it, and anything under another
+  process's ``/proc/<pid>``; its stdout/stderr are size-capped.
+
+Function-call tests: the judge executes the test units (prepared by the parent) with ``candidate`` (the entry
+point, and any other name the tests use that the candidate's program defines) bound to a proxy. A call sends
+its arguments to the candidate (marshal: trusted data, judge -> candidate) and gets back JSON with type tags
+for tuple/set/frozenset/dict/complex/bytes, decoded strictly into exact builtin types (`decode_plain`): nothing
+the candidate returns is code, so every comparison runs builtin ``__eq__``. Anything else (other objects, too
+large or too deep values, a candidate that exits, crashes or forges a malformed reply) fails the test.
+
+stdin/stdout tests: one fresh candidate per input, stdin a file, stdout/stderr files in the temp dir; the judge
+sends the captured stdout to the parent, which compares it with the expected output the sandbox never sees.
+
+Reports are JSON lines on the result fd: ``{"ev": "start", "i": k, "src": ...}`` before test k (so a timeout
+can name it), ``{"ev": "case", "i": k, "status": ..., "stdout": ..., "error": ...}`` per stdin/stdout case,
+and ``{"ev": "done", "status": ..., "passed": n, "total": N, ...}``.
 """
 
-import ast
+import _thread
 import builtins
 import io
 import json
+import marshal
 import os
 import resource
 import signal
 import sys
-import threading
-import traceback
+import time
 
 _BLOCKED_EVENTS = frozenset({
     "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
@@ -30,28 +45,34 @@ _BLOCKED_EVENTS = frozenset({
     "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg",
     "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata", "ctypes.call_function",
     "sys.addaudithook", "resource.setrlimit", "resource.prlimit", "os.startfile", "os.add_dll_directory",
+    "sqlite3.enable_load_extension", "sqlite3.load_extension",
 })
 _BLOCKED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes", "ctypes", "cffi", "pty"})
 #: events whose first (and for rename/link: second) argument is a path that must stay inside the sandbox
 _PATH_EVENTS = frozenset({
     "os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.symlink", "os.link", "os.chmod", "os.chown",
     "os.truncate", "os.utime", "shutil.rmtree", "os.chdir", "os.mkfifo", "os.mknod", "os.setxattr",
-    "os.removexattr", "shutil.chown", "shutil.move", "shutil.copyfile", "shutil.copytree",
+    "os.removexattr", "shutil.chown", "shutil.move", "shutil.copyfile", "shutil.copytree", "sqlite3.connect",
 })
+_TWO_PATH_EVENTS = frozenset({"os.rename", "os.symlink", "os.link", "shutil.move", "shutil.copyfile", "shutil.copytree"})
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+#: the largest reply (encoded return value) a candidate may send, and how deep a value may nest
+REPLY_CAP = 8 << 20
+MAX_DEPTH = 100
+_PLAIN_NAMES = "None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset"
 
 
 class OutputLimit(BaseException):
     pass
 
 
-class CappedText(io.TextIOBase):
-    """A text stream that keeps the first `cap` characters and raises `OutputLimit` beyond them."""
+class CappedOut(io.TextIOBase):
+    """stdout/stderr of a candidate: at most `cap` characters, then `OutputLimit`. With an fd the text is
+    written there (on flush, and every 64 KiB); without one it is discarded."""
 
-    def __init__(self, cap):
-        self.cap = cap
-        self.parts = []
-        self.size = 0
+    def __init__(self, cap, fd=None):
+        self.cap, self.fd, self.size, self.parts, self.pending = cap, fd, 0, [], 0
 
     def writable(self):
         return True
@@ -59,14 +80,25 @@ class CappedText(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        return self._add(s)
+
+    def _add(self, s):
         self.size += len(s)
         if self.size > self.cap:
             raise OutputLimit()
-        self.parts.append(s)
+        if self.fd is not None:
+            self.parts.append(s)
+            self.pending += len(s)
+            if self.pending >= 1 << 16:
+                self.flush()
         return len(s)
 
-    def getvalue(self):
-        return "".join(self.parts)
+    def flush(self):
+        if self.fd is None or not self.parts:
+            return
+        data = "".join(s if isinstance(s, str) else s.decode("utf-8", "replace") for s in self.parts)
+        self.parts, self.pending = [], 0
+        _write_all(self.fd, data.encode("utf-8", "replace"))
 
     @property
     def buffer(self):  # sys.stdout.buffer.write(b"...") in competitive-programming code
@@ -78,11 +110,46 @@ class _BytesView:
         self._text = text
 
     def write(self, b):
-        self._text.write(bytes(b).decode("utf-8", "replace"))
-        return len(b)
+        return self._text._add(bytes(b))
 
     def flush(self):
-        pass
+        self._text.flush()
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd, n):
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def send(fd, data):
+    _write_all(fd, len(data).to_bytes(8, "big") + data)
+
+
+class TooLarge(Exception):
+    pass
+
+
+def recv(fd, cap=None):
+    """One length-prefixed message, or None at end of file. `TooLarge` beyond `cap` bytes (not read)."""
+    head = _read_exact(fd, 8)
+    if head is None:
+        return None
+    n = int.from_bytes(head, "big")
+    if cap is not None and n > cap:
+        raise TooLarge(n)
+    return _read_exact(fd, n)
 
 
 def _trim(s, n=400):
@@ -93,166 +160,19 @@ def _trim(s, n=400):
 def _safe_repr(v, n=300):
     try:
         return _trim(repr(v), n)
-    except BaseException:  # noqa: BLE001 - hostile __repr__
+    except BaseException:  # noqa: BLE001 - only plain data reaches the judge, but be safe
         return "<unrepresentable>"
 
 
-def install_limits(job):
-    mem = int(job["memory_mb"]) * 1024 * 1024
-    cpu = int(job["cpu_seconds"])
-    fsize = int(job["file_size_mb"]) * 1024 * 1024
-    for res, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, fsize),
-                     (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64)):
-        try:
-            resource.setrlimit(res, (val, val))
-        except (ValueError, OSError):
-            pass
-    try:
-        resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
-    except (ValueError, OSError):
-        pass
-
-
-def install_audit_hook(root):
-    root = os.path.realpath(root)
-    state = threading.local()
-
-    def inside(path):
-        if isinstance(path, int):
-            return True
-        if isinstance(path, bytes):
-            path = path.decode("utf-8", "replace")
-        if not isinstance(path, str):
-            path = os.fspath(path)
-        if path in ("/dev/null",):
-            return True
-        full = os.path.realpath(os.path.join(root, path))
-        return full == root or full.startswith(root + os.sep)
-
-    def hook(event, args):
-        if getattr(state, "busy", False):
-            return
-        state.busy = True
-        try:
-            if event in _BLOCKED_EVENTS or event.startswith("os.exec") or event.startswith("os.spawn"):
-                raise PermissionError(f"sandbox: {event} is not allowed")
-            if event == "import" and args and args[0] in _BLOCKED_IMPORTS:
-                raise ImportError(f"sandbox: importing {args[0]} is not allowed")
-            if event == "open" and len(args) >= 3:
-                path, mode, flags = args[0], args[1], args[2]
-                writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                    isinstance(flags, int) and flags & _WRITE_FLAGS)
-                if writing and not inside(path):
-                    raise PermissionError(f"sandbox: writing {path!r} outside the sandbox is not allowed")
-            elif event in _PATH_EVENTS and args:
-                paths = [args[0]]
-                if event in ("os.rename", "os.symlink", "os.link", "shutil.move", "shutil.copyfile",
-                             "shutil.copytree") and len(args) > 1:
-                    paths.append(args[1])
-                for p in paths:
-                    if p is not None and not isinstance(p, int) and not inside(p):
-                        raise PermissionError(f"sandbox: {event} on {p!r} outside the sandbox is not allowed")
-        finally:
-            state.busy = False
-
-    sys.addaudithook(hook)
-
-
-def _stdin_fd_from(data, i):
-    """Make fd 0 a file holding `data` (inside the sandbox dir)."""
-    path = f".stdin_{i}"
-    with open(path, "wb") as f:
-        f.write(data)
-    fd = os.open(path, os.O_RDONLY)
-    if fd != 0:  # fd 0 may be free (the previous case's open(0) closed it) and then os.open returns 0
-        os.dup2(fd, 0)
-        os.close(fd)
-
-
-def _compare_outputs(expected, got):
-    exp_lines = [ln.rstrip() for ln in expected.strip().splitlines()]
-    got_lines = [ln.rstrip() for ln in got.strip().splitlines()]
-    if exp_lines == got_lines:
-        return True
-    exp_tok, got_tok = expected.split(), got.split()
-    if len(exp_tok) != len(got_tok):
-        return False
-    for a, b in zip(exp_tok, got_tok):
-        if a == b:
-            continue
-        try:
-            fa, fb = float(a), float(b)
-        except ValueError:
-            return False
-        if abs(fa - fb) > 1e-6 * max(1.0, abs(fa)):
-            return False
-    return True
-
-
-def _split_tests(tests_src, entry_point):
-    """Test units: (source text, code object, namespace-updates). A ``check(candidate)`` call is expanded
-    into check's body statements, one unit each, so the first failing assert can be named."""
-    tree = ast.parse(tests_src)
-    checks = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    units = []
-    setup = []
-    called_check = False
-    for node in tree.body:
-        src = ast.get_source_segment(tests_src, node) or ast.unparse(node)
-        is_check_call = (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
-                         and isinstance(node.value.func, ast.Name) and node.value.func.id in checks
-                         and len(node.value.args) == 1 and not node.value.keywords)
-        if is_check_call:
-            fdef = checks[node.value.func.id]
-            argname = fdef.args.args[0].arg if fdef.args.args else "candidate"
-            bind = ast.get_source_segment(tests_src, node.value.args[0]) or ast.unparse(node.value.args[0])
-            body = [s for s in fdef.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-            if any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom, ast.Nonlocal))
-                   for s in body for n in ast.walk(s)):
-                units.append((src, compile(ast.Module([node], []), "<tests>", "exec"), None))
-            else:
-                units.append((None, compile(f"{argname} = {bind}", "<tests>", "exec"), None))
-                for s in body:
-                    ssrc = ast.get_source_segment(tests_src, s) or ast.unparse(s)
-                    units.append((ssrc, compile(ast.Module([s], []), "<tests>", "exec"), s))
-            called_check = True
-        elif isinstance(node, (ast.Assert, ast.For, ast.While, ast.If, ast.With, ast.Try, ast.Expr)):
-            units.append((src, compile(ast.Module([node], []), "<tests>", "exec"), node))
-        else:  # imports, defs, assignments: setup, not counted as tests
-            setup.append(node)
-            units.append((None, compile(ast.Module([node], []), "<tests>", "exec"), None))
-    if not called_check and entry_point and "check" in checks and not any(u[0] for u in units):
-        call = ast.parse(f"check({entry_point})").body[0]
-        units.append((f"check({entry_point})", compile(ast.Module([call], []), "<tests>", "exec"), call))
-    return units
-
-
-def _expected_vs_got(node, ns, entry_point):
-    """For ``assert a == b`` return (expected, got) reprs, the side calling the candidate being "got"."""
-    if not (isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
-            and isinstance(node.test.ops[0], (ast.Eq, ast.Is))):
-        return None, None
-    left, right = node.test.left, node.test.comparators[0]
-    names = {"candidate", entry_point}
-
-    def calls_candidate(n):
-        return any(isinstance(x, ast.Call) and isinstance(x.func, ast.Name) and x.func.id in names
-                   for x in ast.walk(n))
-
-    got_node, exp_node = (right, left) if calls_candidate(right) and not calls_candidate(left) else (left, right)
-    try:
-        got = eval(compile(ast.Expression(got_node), "<tests>", "eval"), ns)
-        exp = eval(compile(ast.Expression(exp_node), "<tests>", "eval"), ns)
-    except BaseException:  # noqa: BLE001
-        return None, None
-    return _safe_repr(exp), _safe_repr(got)
-
-
 def _error_text(exc, limit=600):
-    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    # keep only frames of the candidate / tests, not of this runner
-    lines = [ln for ln in tb if "_sandbox_runner.py" not in ln]
-    return _trim("".join(lines).strip(), limit)
+    try:
+        import traceback
+
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        lines = [ln for ln in tb if "_sandbox_runner.py" not in ln]  # the candidate's / tests' frames only
+        return _trim("".join(lines).strip(), limit)
+    except BaseException:  # noqa: BLE001 - a hostile exception object
+        return "<unprintable exception>"
 
 
 def _classify(exc):
@@ -264,133 +184,544 @@ def _classify(exc):
         return "output_limit"
     if isinstance(exc, (PermissionError, ImportError)) and "sandbox:" in str(exc):
         return "forbidden"
+    if not isinstance(exc, Exception):
+        return "exit"  # SystemExit, KeyboardInterrupt, GeneratorExit, ...
     return "error"
 
 
-def main():
-    job = json.loads(sys.stdin.read())
-    sys.stdin.close()
-    nonce = job.pop("nonce")
-    out = os.fdopen(int(job.pop("result_fd")), "w", buffering=1)
-    real_stdout, real_stderr = sys.stdout, sys.stderr
+# ------------------------------------------------------------------------------------------- candidate side
+def install_limits(setup):
+    mem = int(setup["memory_mb"]) * 1024 * 1024
+    cpu = int(setup["cpu_seconds"])
+    fsize = int(setup["file_size_mb"]) * 1024 * 1024
+    for res, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, fsize),
+                     (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, 64)):
+        try:
+            resource.setrlimit(res, (val, val))
+        except (ValueError, OSError):
+            pass
 
-    def emit(**msg):
-        msg["nonce"] = nonce
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
 
-    install_limits(job)
-    cap = int(job["max_output_chars"])
-    code = job["code"]
+def install_audit_hook(root):
+    root = os.path.realpath(root)
+    own_proc = "/proc/" + os.readlink("/proc/self")  # this process as /proc names it (host PID namespace)
+    realpath, join, isdir = os.path.realpath, os.path.join, os.path.isdir
+    busy = [False]
+
+    def resolve(path):
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "replace")
+        elif not isinstance(path, str):
+            path = os.fspath(path)
+        return realpath(join(root, path))
+
+    def inside(full):
+        return full == root or full.startswith(root + os.sep) or full == "/dev/null"
+
+    def other_process(full):
+        return full.startswith("/proc/") and full[6:].split("/", 1)[0].isdigit() and not (
+            full == own_proc or full.startswith(own_proc + "/"))
+
+    def hook(event, args):
+        if busy[0]:
+            return
+        busy[0] = True
+        try:
+            if event in _BLOCKED_EVENTS or event.startswith("os.exec") or event.startswith("os.spawn"):
+                raise PermissionError(f"sandbox: {event} is not allowed")
+            if event == "import" and args and args[0] in _BLOCKED_IMPORTS:
+                raise ImportError(f"sandbox: importing {args[0]} is not allowed")
+            if event == "open" and len(args) >= 3 and not isinstance(args[0], int):
+                path, mode, flags = args[0], args[1], args[2]
+                writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                    isinstance(flags, int) and flags & _WRITE_FLAGS)
+                raw = mode is None  # os.open: could yield a directory fd to open files relative to
+                if writing or raw or "proc" in str(path):
+                    full = resolve(path)
+                    if other_process(full):
+                        raise PermissionError(f"sandbox: {path!r} belongs to another process")
+                    if writing and not inside(full):
+                        raise PermissionError(f"sandbox: writing {path!r} outside the sandbox is not allowed")
+                    if raw and not inside(full) and isdir(full):
+                        raise PermissionError(f"sandbox: opening directory {path!r} outside the sandbox is not allowed")
+            elif event in _PATH_EVENTS and args:
+                paths = [args[0], args[1]] if event in _TWO_PATH_EVENTS and len(args) > 1 else [args[0]]
+                for p in paths:
+                    if p is not None and not isinstance(p, int) and not inside(resolve(p)):
+                        raise PermissionError(f"sandbox: {event} on {p!r} outside the sandbox is not allowed")
+        finally:
+            busy[0] = False
+
+    sys.addaudithook(hook)
+
+
+def _keep_only_fds(keep):
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    hi = max(keep | {null}) + 1
+    lo = 3
+    for fd in sorted(keep) + [hi]:
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = max(lo, fd + 1)
+    os.closerange(hi, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def plain(v, depth=0):
+    """The JSON form (with type tags) of a plain-data value; `TypeError` for anything else. Runs in the
+    candidate: it may call the candidate's own methods (of subclasses, numpy scalars), which only decides what
+    it sends; the judge decodes strictly."""
+    if depth > MAX_DEPTH:
+        raise TypeError(f"the value nests deeper than {MAX_DEPTH} levels")
+    t = type(v)
+    if v is None or t is bool or t is int or t is float or t is str:
+        return v
+    d = depth + 1
+    if t is list:
+        return [plain(x, d) for x in v]
+    if t is tuple:
+        return {"t": [plain(x, d) for x in v]}
+    if t is dict:
+        return {"d": [[plain(k, d), plain(x, d)] for k, x in v.items()]}
+    if t is set or t is frozenset:
+        return {"s" if t is set else "f": [plain(x, d) for x in v]}
+    if t is complex:
+        return {"c": [v.real, v.imag]}
+    if t is bytes or t is bytearray:
+        return {"b" if t is bytes else "y": v.decode("latin-1")}
+    for base in (int, float, str, complex, bytes, tuple, list, dict, frozenset, set):  # subclasses: by value
+        if isinstance(v, base):
+            value = base(v)
+            if type(value) is base:
+                return plain(value, depth)
+    if t.__module__ == "numpy" and hasattr(v, "tolist"):
+        return plain(v.tolist(), depth)
+    raise TypeError(f"returned a {t.__module__}.{t.__qualname__} object, not plain data ({_PLAIN_NAMES})")
+
+
+def _err_reply(exc):
     try:
-        code_obj = compile(code, "<solution>", "exec")
-    except (SyntaxError, ValueError) as exc:
-        emit(ev="done", status="syntax_error", passed=0, total=0, error=_trim(f"{type(exc).__name__}: {exc}"))
-        return
-    install_audit_hook(os.getcwd())
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        return json.dumps(["err", _classify(exc), str(type(exc).__name__), _trim(str(exc), 2000), _error_text(exc)])
+    except BaseException:  # noqa: BLE001 - a hostile exception object
+        return json.dumps(["err", "error", "Exception", "<unprintable exception>", "<unprintable exception>"])
 
-    if job["mode"] == "io":
-        cases = job["io"]
-        passed = 0
-        for i, case in enumerate(cases):
-            inp = case.get("input", "")
-            emit(ev="start", i=i, src=_trim(f"stdin: {inp!r}", 300))
-            stdout = CappedText(cap)
-            data = str(inp).encode()
-            sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
-            _stdin_fd_from(data, i)  # for open(0) / os.read(0, ...) style programs
-            sys.stdout = sys.stderr = stdout
-            ns = {"__name__": "__main__", "__builtins__": builtins}
-            err = None
-            try:
-                exec(code_obj, ns)
-            except SystemExit as exc:
-                if exc.code not in (None, 0):
-                    err = exc
-            except BaseException as exc:  # noqa: BLE001
-                err = exc
+
+def candidate_main(cmd_fd, rep_fd):
+    """Never returns. Everything before `install_audit_hook` is this file's code; the candidate's comes after."""
+    _keep_only_fds({cmd_fd, rep_fd})
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the judge gone: die quietly on the next write
+    msg = recv(cmd_fd)
+    if msg is None:
+        os._exit(0)
+    setup = marshal.loads(msg)
+    install_limits(setup)
+    sys.path.extend(setup["site"])
+    cap = int(setup["max_output_chars"])
+    io_mode = setup["mode"] == "io"
+    if io_mode:
+        for fd, path, flags in ((0, setup["stdin"], os.O_RDONLY), (1, setup["stdout"], os.O_WRONLY | os.O_CREAT),
+                                (2, setup["stderr"], os.O_WRONLY | os.O_CREAT)):
+            f = os.open(path, flags, 0o600)
+            os.dup2(f, fd)
+            os.close(f)
+        sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
+    out, err = CappedOut(cap, 1 if io_mode else None), CappedOut(cap, 2 if io_mode else None)
+    sys.stdout, sys.stderr = out, err
+    try:
+        code_obj = compile(setup["code"], "<solution>", "exec")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        send(rep_fd, json.dumps(["err", "syntax_error", type(exc).__name__, _trim(f"{type(exc).__name__}: {exc}"),
+                                 ""]).encode())
+        os._exit(0)
+    install_audit_hook(os.getcwd())
+    if io_mode:
+        _run_program(code_obj, out, err, rep_fd)
+    else:
+        _serve_calls(code_obj, setup, cmd_fd, rep_fd)
+    os._exit(0)
+
+
+def _run_program(code_obj, out, err, rep_fd):
+    """stdin/stdout mode: run the program once; stdout stays in its file for the judge."""
+    error = None
+    try:
+        exec(code_obj, {"__name__": "__main__", "__builtins__": builtins})
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            error = exc
+    except BaseException as exc:  # noqa: BLE001
+        error = exc
+    try:
+        if "threading" in sys.modules:  # like interpreter shutdown: wait for the program's threads
+            threading = sys.modules["threading"]
             for t in threading.enumerate():
                 if t is not threading.current_thread() and not t.daemon:
                     t.join()
-            sys.stdout, sys.stderr = real_stdout, real_stderr
-            got = stdout.getvalue()
-            if err is not None:
-                status = "runtime_error" if _classify(err) == "error" else _classify(err)
-                emit(ev="done", status=status, passed=passed, total=len(cases), failing_test=_trim(f"stdin: {inp!r}"),
-                     expected=_trim(str(case.get("output", ""))), got=_trim(got), error=_error_text(err))
-                return
-            if not _compare_outputs(str(case.get("output", "")), got):
-                emit(ev="done", status="wrong_answer", passed=passed, total=len(cases),
-                     failing_test=_trim(f"stdin: {inp!r}"), expected=_trim(str(case.get("output", ""))),
-                     got=_trim(got), error="")
-                return
-            passed += 1
-        emit(ev="done", status="passed", passed=passed, total=len(cases))
-        return
+        out.flush()
+        err.flush()
+    except BaseException as exc:  # noqa: BLE001
+        error = error or exc
+    send(rep_fd, (_err_reply(error) if error is not None else '["ok", null]').encode())
 
-    # function-call tests
-    entry_point = job.get("entry_point") or ""
-    stdout = CappedText(cap)
-    sys.stdout = sys.stderr = stdout
+
+def _serve_calls(code_obj, setup, cmd_fd, rep_fd):
+    """Function-call mode: load the program, then answer the judge's calls with plain data."""
     ns = {"__name__": "__rl2f_solution__", "__builtins__": builtins}
     try:
-        if job.get("prompt"):
-            exec(compile(job["prompt"], "<prompt>", "exec"), ns)
+        if setup.get("prompt"):
+            exec(compile(setup["prompt"], "<prompt>", "exec"), ns)
         exec(code_obj, ns)
+        entry = setup.get("entry_point") or ""
+        reply = json.dumps(["ok", not entry or callable(ns.get(entry))])
     except BaseException as exc:  # noqa: BLE001
-        sys.stdout, sys.stderr = real_stdout, real_stderr
-        emit(ev="done", status=_classify(exc) if _classify(exc) != "error" else "load_error", passed=0, total=0,
-             error=_error_text(exc))
-        return
-    if entry_point and entry_point not in ns:
-        sys.stdout, sys.stderr = real_stdout, real_stderr
-        emit(ev="done", status="missing_entry_point", passed=0, total=0,
-             error=f"the code does not define {entry_point!r}")
-        return
-    try:
-        units = _split_tests(job["tests"], entry_point)
-    except SyntaxError as exc:
-        sys.stdout, sys.stderr = real_stdout, real_stderr
-        emit(ev="done", status="bad_tests", passed=0, total=0, error=_trim(f"tests do not parse: {exc}"))
-        return
-    total = sum(1 for u in units if u[0])
-    passed = 0
-    k = 0
-    for src, unit_code, node in units:
-        if src:
-            emit(ev="start", i=k, src=_trim(src, 300))
+        reply = _err_reply(exc)
+    send(rep_fd, reply.encode())
+    while True:
+        msg = recv(cmd_fd)
+        if msg is None:
+            os._exit(0)
+        op, name, args, kwargs = marshal.loads(msg)
         try:
-            exec(unit_code, ns)
+            if op == "lookup":
+                reply = json.dumps(["ok", callable(ns.get(name))])
+            else:
+                result = ns[name](*args, **kwargs)
+                try:
+                    reply = json.dumps(["ok", plain(result)])
+                except TypeError as exc:
+                    t = type(result)
+                    reply = json.dumps(["err", "unplain", f"{t.__module__}.{t.__qualname__}", str(exc), ""])
         except BaseException as exc:  # noqa: BLE001
-            sys.stdout, sys.stderr = real_stdout, real_stderr
-            expected = got = None
-            if isinstance(exc, AssertionError) and node is not None:
-                sys.stdout = sys.stderr = CappedText(cap)
-                expected, got = _expected_vs_got(node, ns, entry_point)
-                sys.stdout, sys.stderr = real_stdout, real_stderr
-            status = "failed" if isinstance(exc, AssertionError) else _classify(exc)
-            if status == "error":
+            reply = _err_reply(exc)
+        send(rep_fd, reply.encode())
+
+
+# ------------------------------------------------------------------------------------------------ judge side
+_TAGS = {"t": tuple, "s": set, "f": frozenset}
+
+
+def _untag(obj):
+    if len(obj) != 1:
+        raise ValueError("not a tagged value")
+    ((tag, v),) = obj.items()
+    if tag in _TAGS and type(v) is list:
+        return _TAGS[tag](v)
+    if tag == "d" and type(v) is list and all(type(p) is list and len(p) == 2 for p in v):
+        return dict(v)
+    if tag == "c" and type(v) is list and len(v) == 2 and all(type(x) in (int, float) for x in v):
+        return complex(v[0], v[1])
+    if tag in ("b", "y") and type(v) is str:
+        return (bytes if tag == "b" else bytearray)(v, "latin-1")
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def decode_plain(payload):
+    """A candidate's reply -> ("ok", value) or ("err", kind, type name, message, traceback). Only exact builtin
+    types come out; `ValueError` for anything malformed."""
+    try:
+        msg = json.loads(payload, object_hook=_untag)
+    except (ValueError, TypeError, RecursionError, MemoryError, UnicodeError) as exc:
+        raise ValueError(f"malformed reply: {_trim(str(exc), 200)}") from None
+    if type(msg) is list and len(msg) == 2 and msg[0] == "ok":
+        return msg
+    if type(msg) is list and len(msg) == 5 and msg[0] == "err" and all(type(x) is str for x in msg):
+        return msg
+    raise ValueError("malformed reply")
+
+
+class Fault(BaseException):
+    """The candidate failed a call in a way the tests must not be able to catch (``except Exception``)."""
+
+    def __init__(self, status, error, got=None):
+        super().__init__(error)
+        self.status, self.error, self.got = status, error, got
+
+
+class CandidateError(Exception):
+    """An exception of the candidate's own class, re-raised in the judge by name only."""
+
+
+def _describe_exit(status):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return {signal.SIGXCPU: ("timeout", "CPU time limit exceeded"),
+                signal.SIGXFSZ: ("file_size_limit", "file size limit exceeded")}.get(
+            sig, ("runtime_error", f"the program was killed by signal {name}"))
+    return "runtime_error", f"the program exited (exit status {os.WEXITSTATUS(status)})"
+
+
+_LIVE = set()  # pids of candidates not reaped yet
+
+
+class Candidate:
+    """A candidate process, seen from the judge."""
+
+    def __init__(self):
+        cmd_r, cmd_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                candidate_main(cmd_r, rep_w)
+            finally:
+                os._exit(70)
+        os.close(cmd_r)
+        os.close(rep_w)
+        self.pid, self.cmd, self.rep = pid, cmd_w, rep_r
+        _LIVE.add(pid)
+        self.fault = None  # sticky: once a call faulted, every later test fails too
+        self.raised = None  # the last exception re-raised for the candidate, and its traceback there
+        self.raised_tb = ""
+        self.exit_status = None
+
+    def request(self, data):
+        """Send `data` (None: nothing) and return the decoded reply, or raise `Fault`."""
+        if self.fault is not None:
+            raise Fault(self.fault.status, self.fault.error)
+        try:
+            if data is not None:
+                send(self.cmd, data)
+            payload = recv(self.rep, REPLY_CAP)
+            if payload is None:
+                self.fault = Fault(*self.finish())
+            else:
+                return decode_plain(payload)
+        except TooLarge as exc:
+            self.fault = Fault("failed", f"the return value is too large ({exc.args[0]} bytes encoded, at most "
+                                         f"{REPLY_CAP})", got="<too large>")
+        except OSError:  # the pipe broke: the candidate is gone
+            self.fault = Fault(*self.finish())
+        except ValueError as exc:
+            self.fault = Fault("failed", f"the candidate's reply is not plain data ({exc})", got="<malformed>")
+        raise self.fault
+
+    def finish(self):
+        """Wait for the candidate's end (killing it after a short grace): (status, description)."""
+        if self.exit_status is None:
+            deadline = time.monotonic() + 0.2
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            while pid == 0 and time.monotonic() < deadline:
+                time.sleep(0.002)
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == 0:
+                os.kill(self.pid, signal.SIGKILL)
+                pid, status = os.waitpid(self.pid, 0)
+            self.exit_status = status
+            _LIVE.discard(self.pid)
+        return _describe_exit(self.exit_status)
+
+    def close(self):
+        for fd in (self.cmd, self.rep):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def call(self, name, args, kwargs):
+        try:
+            data = marshal.dumps(("call", name, args, kwargs))
+        except ValueError:
+            raise TypeError(f"{name}() was called with arguments that are not plain data") from None
+        reply = self.request(data)
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, tname, message, tb = reply
+        if kind == "error":
+            cls = getattr(builtins, tname, None)
+            if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
+                try:
+                    exc = cls(message)
+                except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs 5 arguments
+                    exc = CandidateError(f"{tname}: {message}")
+            else:
+                exc = CandidateError(f"{tname}: {message}")
+            self.raised, self.raised_tb = exc, tb
+            raise exc
+        if kind == "unplain":
+            self.fault = Fault("failed", f"{name}() {message}", got=f"<{tname} object>")
+        else:
+            status = {"exit": "runtime_error", "error": "runtime_error"}.get(kind, kind)
+            if status not in ("memory_limit", "recursion_limit", "output_limit", "forbidden", "runtime_error"):
                 status = "runtime_error"
-            emit(ev="done", status=status, passed=passed, total=total, failing_test=_trim(src or "", 400),
-                 expected=expected, got=got,
-                 error="" if isinstance(exc, AssertionError) and not str(exc) else _error_text(exc))
-            return
-        if src:
-            passed += 1
-            k += 1
-    sys.stdout, sys.stderr = real_stdout, real_stderr
-    emit(ev="done", status="passed" if total else "no_tests", passed=passed, total=total)
+            self.fault = Fault(status, tb or f"{tname}: {message}")
+        raise self.fault
+
+
+class _Proxy:
+    """What the tests see as the candidate's function: calls cross to the candidate process."""
+
+    __slots__ = ("_cand", "_name")
+
+    def __init__(self, cand, name):
+        self._cand, self._name = cand, name
+
+    def __call__(self, *args, **kwargs):
+        return self._cand.call(self._name, args, kwargs)
+
+    def __repr__(self):
+        return f"<candidate function {self._name}>"
+
+
+class _Names(dict):
+    """The tests' builtins: the real ones, then any function the candidate's program defines (e.g. HumanEval's
+    ``poly`` helper), as a proxy."""
+
+    def __init__(self, cand):
+        super().__init__(builtins.__dict__)
+        self._cand = cand
+
+    def __missing__(self, name):
+        reply = self._cand.request(marshal.dumps(("lookup", name, (), {})))
+        if reply[0] == "ok" and reply[1] is True:
+            self[name] = _Proxy(self._cand, name)
+            return self[name]
+        raise KeyError(name)
+
+
+class Judge:
+    def __init__(self, result_fd):
+        self.fd = result_fd
+
+    def emit(self, **msg):
+        _write_all(self.fd, (json.dumps(msg, ensure_ascii=False) + "\n").encode("utf-8", "replace"))
+
+    def setup_for(self, job, **extra):
+        keys = ("code", "memory_mb", "cpu_seconds", "file_size_mb", "max_output_chars", "site")
+        return marshal.dumps({**{k: job[k] for k in keys}, **extra})
+
+    def run_functions(self, job, cand):
+        entry = job.get("entry_point") or ""
+        reply = cand.request(self.setup_for(job, mode="func", prompt=job.get("prompt") or "", entry_point=entry))
+        if reply[0] != "ok":
+            _, kind, tname, message, tb = reply
+            status = {"error": "load_error", "exit": "load_error"}.get(kind, kind)
+            return self.emit(ev="done", status=status, passed=0, total=0, error=tb or message)
+        if not reply[1]:
+            return self.emit(ev="done", status="missing_entry_point", passed=0, total=0,
+                             error=f"the code does not define {entry!r}")
+        ns = {"__name__": "__rl2f_tests__", "__builtins__": _Names(cand)}
+        if job.get("prompt"):  # trusted helpers of the problem (e.g. HumanEval's poly) win over the candidate's
+            try:
+                exec(compile(job["prompt"], "<prompt>", "exec"), ns)
+            except Exception:  # noqa: BLE001 - then the tests use the candidate's definitions
+                pass
+        if entry:
+            ns[entry] = _Proxy(cand, entry)
+        units = marshal.loads(job["units"])
+        total = sum(1 for u in units if u[0])
+        passed = 0
+        for src, code, got_code, exp_code in units:
+            if src:
+                self.emit(ev="start", i=passed, src=_trim(src, 300))
+            try:
+                exec(code, ns)
+                if cand.fault is not None:  # a fault the test code swallowed still fails the test
+                    raise cand.fault
+            except BaseException as exc:  # noqa: BLE001
+                return self.emit(ev="done", passed=passed, total=total, failing_test=_trim(src or "", 400),
+                                 **self._failure(exc, cand, ns, got_code, exp_code))
+            if src:
+                passed += 1
+        self.emit(ev="done", status="passed" if total else "no_tests", passed=passed, total=total)
+
+    def _failure(self, exc, cand, ns, got_code, exp_code):
+        if isinstance(exc, Fault):
+            return {"status": exc.status, "error": exc.error, "got": exc.got, "expected": None}
+        if isinstance(exc, AssertionError):
+            expected = got = None
+            if got_code is not None and cand.fault is None:
+                try:
+                    got, expected = _safe_repr(eval(got_code, ns)), _safe_repr(eval(exp_code, ns))
+                except BaseException:  # noqa: BLE001
+                    expected = got = None
+            error = cand.raised_tb if exc is cand.raised else ("" if not str(exc) else _error_text(exc))
+            return {"status": "failed", "expected": expected, "got": got, "error": error}
+        if exc is cand.raised:
+            return {"status": "runtime_error", "error": cand.raised_tb}
+        status = _classify(exc)
+        return {"status": "runtime_error" if status in ("error", "exit") else status, "error": _error_text(exc)}
+
+    def run_io(self, job, first):
+        cap = int(job["max_output_chars"])
+        for i, inp in enumerate(job["inputs"]):
+            self.emit(ev="start", i=i, src=_trim(f"stdin: {inp!r}", 300))
+            paths = {k: f".{k}_{i}" for k in ("stdin", "stdout", "stderr")}
+            with open(paths["stdin"], "wb") as f:
+                f.write(inp.encode("utf-8", "replace"))
+            cand = first if i == 0 else Candidate()
+            status, error = "ok", ""
+            try:
+                reply = cand.request(self.setup_for(job, mode="io", **paths))
+                if reply[0] == "err":
+                    _, kind, _, message, tb = reply
+                    status = "runtime_error" if kind in ("error", "exit", "unplain") else kind
+                    error = message if kind == "syntax_error" else tb or message
+            except Fault as fault:  # no report: os._exit(), a crash or a signal
+                if cand.exit_status != 0:
+                    status, error = fault.status, fault.error
+            cand.finish()
+            cand.close()
+            stdout = _read_text(paths["stdout"], 4 * cap + 4)
+            if len(stdout) > cap and status == "ok":
+                status, error = "output_limit", "output limit exceeded"
+            if status != "ok" and not error:
+                error = _read_text(paths["stderr"], 2000)
+            for p in paths.values():
+                try:
+                    os.remove(p)
+                except OSError:
+                    pass
+            self.emit(ev="case", i=i, status=status, stdout=stdout[: cap + 1], error=_trim(error, 1200))
+            if status != "ok":
+                break
+        self.emit(ev="done", status="ran", passed=0, total=len(job["inputs"]))
+
+
+def _read_text(path, limit):
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def main():
+    result_fd = int(sys.argv[1])
+    first = Candidate()  # before reading the job: the candidate never holds the tests
+    job = marshal.loads(recv(0))
+    # the parent closes our stdin once it knows the verdict or the time is up: then end at once (as the PID
+    # namespace's init, taking every candidate with us, so nothing is left for anyone else to reap)
+    _thread.start_new_thread(lambda: os.read(0, 1) or end(), ())
+    for res, val in ((resource.RLIMIT_AS, int(job["memory_mb"]) << 20), (resource.RLIMIT_CORE, 0)):
+        try:
+            resource.setrlimit(res, (val, val))
+        except (ValueError, OSError):
+            pass
+    sys.path.extend(job["site"])
+    sys.stdout = CappedOut(1 << 20)  # the tests' own prints go nowhere
+    judge = Judge(result_fd)
+    if job["mode"] == "io":
+        judge.run_io(job, first)
+    else:
+        judge.run_functions(job, first)
+
+
+def end():
+    """Kill and reap every candidate, then leave at once (no interpreter shutdown): nothing of the run survives,
+    and nothing is left for another process to reap."""
+    for pid in list(_LIVE):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    os._exit(0)
 
 
 if __name__ == "__main__":
     try:
         main()
     finally:
-        # Leave at once: no interpreter shutdown, so threads or atexit handlers of the candidate cannot keep
-        # the sandbox alive after the result was reported.
-        try:
-            sys.stdout.flush()
-        except BaseException:  # noqa: BLE001
-            pass
-        os._exit(0)
+        end()

@@ -6,21 +6,38 @@ Ground truth (a dict, or its JSON string) is one of
   * stdin/stdout tests (Codeforces / LiveCodeBench style): ``{"io": [{"input": "...", "output": "..."}, ...]}``
 The candidate code is the last fenced code block of the reply (``last_code_block``).
 
+Who decides the verdict: a judge process, never the candidate's (`reward_fns._sandbox_runner`):
+  * function-call tests: the judge runs the test code (split here into units, one per assert) with the entry
+    point (and any other function the tests name that the program defines) bound to a proxy; each call sends
+    its arguments to the candidate process and gets back plain data (None, bool, int, float, complex, str,
+    bytes, list, tuple, dict, set, frozenset: JSON with type tags, strictly decoded), so every comparison is
+    builtin. Any other return value, one nested deeper than 100 levels or larger than 8 MB encoded, and a
+    candidate that exits or crashes during a call fail the test. If the ground truth's ``prompt`` is given the
+    judge runs it too, so the problem's own helpers (e.g. HumanEval's ``poly``) are used, not the candidate's.
+  * stdin/stdout tests: a fresh candidate process per input; its stdout comes back here and is compared here,
+    against expected outputs the sandbox never receives.
+  * the first candidate is forked before the judge reads the job, and keeps nothing but its two pipes to the
+    judge: no tests, no expected values, no report channel.
+Limits of the cross-process calls: arguments are copied (a test that checks that the candidate mutated its
+argument, or identity, fails), and the tests cannot call methods on objects the candidate returns.
+
 Isolation of one run (`run_code`):
   * a private temp dir (``mkdtemp``) as cwd, HOME and TMPDIR, removed afterwards whatever happens;
-  * an environment with nothing but PATH, HOME, TMPDIR, LANG; ``python -I -B`` (no user site, no env vars);
+  * an environment with nothing but PATH, HOME, TMPDIR, LANG; ``python -I -B -S`` (no user site, no env vars,
+    no .pth hooks; the interpreter's site-packages are added to sys.path);
   * ``unshare -rnp --fork --kill-child`` when the kernel allows it (probed once): no network interface at
     all, and a private PID namespace, so every process the code manages to create dies with it;
-  * inside, before the candidate runs (`reward_fns._sandbox_runner`): RLIMIT_AS (``code_memory_mb``),
-    RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, no core dumps, and an audit hook refusing fork/exec/subprocess,
-    sockets, ctypes, signals, and writes/deletes/renames outside the temp dir; stdout is capped;
-  * its own session / process group, SIGKILLed on the wall-clock limit (``code_timeout``) and again after
-    every run, so nothing outlives the call.
+  * in each candidate process, before its code runs: RLIMIT_AS (``code_memory_mb``), RLIMIT_CPU,
+    RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, no core dumps, and an audit hook refusing fork/exec/subprocess,
+    sockets, ctypes, sqlite extensions, signals, writes/deletes/renames outside the temp dir, directories
+    opened outside it and other processes' ``/proc/<pid>``; stdout/stderr are capped;
+  * its own session / process group; on the wall-clock limit (``code_timeout``, honoured within a fraction
+    of a second) or once the verdict is known the judge is told to end the run (as the namespace's init it
+    takes every candidate with it), and the group is SIGKILLed if anything is still there.
 
-Known limit: the tests run in the candidate's own process (as in HumanEval's harness), so the sandbox protects
-the machine, not the *reward* from a program written to game it (e.g. returning an object whose ``__eq__`` is
-always true, or forging the runner's report by inspecting its frames; stdin/stdout programs also run inside
-the runner). Watch for reward hacking when training on code.
+Known limit: the audit hook works at the Python level; a program that writes and loads a native extension
+module escapes it (and could then reach the judge, which runs as the same user). Watch for that when training
+strong models on code.
 
 Result details: ``status`` (passed, failed, wrong_answer, runtime_error, timeout, memory_limit,
 output_limit, forbidden, syntax_error, ...), ``tests_passed``/``tests_total``, and for the first failure
@@ -29,10 +46,12 @@ output_limit, forbidden, syntax_error, ...), ``tests_passed``/``tests_total``, a
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
+import marshal
 import math
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -129,9 +148,9 @@ def _rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _kill_group(proc: subprocess.Popen, wait: float = 2.0) -> None:
+def _kill_group(proc: subprocess.Popen, wait: float = 0.5) -> None:
     """SIGKILL `proc`'s process group and wait (bounded) until its members are gone: we reap `proc`; other
-    members (the runner under ``unshare --fork``) are reaped by someone else, a moment later."""
+    members (the judge under ``unshare --fork``) are reaped by someone else, a moment later."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -143,7 +162,98 @@ def _kill_group(proc: subprocess.Popen, wait: float = 2.0) -> None:
             os.killpg(proc.pid, 0)
         except (ProcessLookupError, PermissionError):
             return
-        time.sleep(0.005)
+        time.sleep(0.002)
+
+
+def _unit_source(tests_src: str, node: ast.AST) -> str:
+    return ast.get_source_segment(tests_src, node) or ast.unparse(node)
+
+
+def _assert_sides(node: ast.AST, entry_point: str) -> tuple[Any, Any]:
+    """For ``assert a == b``: code objects evaluating (got, expected), the side calling the candidate being
+    "got"; (None, None) for other tests."""
+    if not (isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
+            and isinstance(node.test.ops[0], (ast.Eq, ast.Is))):
+        return None, None
+    left, right = node.test.left, node.test.comparators[0]
+    names = {"candidate", entry_point}
+
+    def calls_candidate(n):
+        return any(isinstance(x, ast.Call) and isinstance(x.func, ast.Name) and x.func.id in names
+                   for x in ast.walk(n))
+
+    got, exp = (right, left) if calls_candidate(right) and not calls_candidate(left) else (left, right)
+    return tuple(compile(ast.Expression(ast.fix_missing_locations(n)), "<tests>", "eval") for n in (got, exp))
+
+
+@functools.lru_cache(maxsize=512)
+def _test_units(tests_src: str, entry_point: str) -> bytes:
+    """The tests as units for the judge, marshalled: (source shown in reports or None for setup, code object,
+    got and expected code objects of an ``assert a == b`` or None). A ``check(candidate)`` call is expanded
+    into check's body statements, one unit each, so the first failing assert can be named. Raises
+    SyntaxError for tests that do not parse."""
+    tree = ast.parse(tests_src)
+    checks = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    units = []
+
+    def unit(src, node, sides=(None, None)):
+        units.append((src, compile(ast.Module([node], []), "<tests>", "exec"), *sides))
+
+    called_check = False
+    for node in tree.body:
+        src = _unit_source(tests_src, node)
+        is_check_call = (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                         and isinstance(node.value.func, ast.Name) and node.value.func.id in checks
+                         and len(node.value.args) == 1 and not node.value.keywords)
+        if is_check_call:
+            fdef = checks[node.value.func.id]
+            argname = fdef.args.args[0].arg if fdef.args.args else "candidate"
+            body = [s for s in fdef.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+            if any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom, ast.Nonlocal))
+                   for s in body for n in ast.walk(s)):
+                unit(src, node)
+            else:
+                bind = ast.copy_location(ast.Assign([ast.Name(argname, ast.Store())], node.value.args[0]), node)
+                unit(None, ast.fix_missing_locations(bind))
+                for s in body:
+                    unit(_unit_source(tests_src, s), s, _assert_sides(s, entry_point))
+            called_check = True
+        elif isinstance(node, (ast.Assert, ast.For, ast.While, ast.If, ast.With, ast.Try, ast.Expr)):
+            unit(src, node, _assert_sides(node, entry_point))
+        else:  # imports, defs, assignments: setup, not counted as tests
+            unit(None, node)
+    if not called_check and entry_point and "check" in checks and not any(u[0] for u in units):
+        unit(f"check({entry_point})", ast.parse(f"check({entry_point})").body[0])
+    return marshal.dumps(units)
+
+
+def _compare_outputs(expected: str, got: str) -> bool:
+    """stdout comparison: equal lines up to trailing whitespace, or equal tokens with numbers within 1e-6."""
+    exp_lines = [ln.rstrip() for ln in expected.strip().splitlines()]
+    got_lines = [ln.rstrip() for ln in got.strip().splitlines()]
+    if exp_lines == got_lines:
+        return True
+    exp_tok, got_tok = expected.split(), got.split()
+    if len(exp_tok) != len(got_tok):
+        return False
+    for a, b in zip(exp_tok, got_tok):
+        if a == b:
+            continue
+        try:
+            fa, fb = float(a), float(b)
+        except ValueError:
+            return False
+        if abs(fa - fb) > 1e-6 * max(1.0, abs(fa)):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _site_dirs() -> tuple[str, ...]:
+    """site-packages of this interpreter: the sandbox runs ``python -S`` (no site.py, no .pth hooks) and adds them."""
+    import site
+
+    return tuple(d for d in site.getsitepackages() if os.path.isdir(d))
 
 
 def run_code(code: str, ground_truth: Any, timeout: float | None = None, memory_mb: int | None = None,
@@ -151,115 +261,155 @@ def run_code(code: str, ground_truth: Any, timeout: float | None = None, memory_
     """Run `code` against the tests of `ground_truth` in the sandbox. Returns the details dict
     (``status``, ``tests_passed``, ``tests_total``, ``failing_test``, ``expected``, ``got``, ``error``,
     ``seconds``). Never raises for anything the code does; raises `CodeGroundTruthError` for bad ground truth."""
+    t0 = time.monotonic()
     gt = parse_code_ground_truth(ground_truth)
     wall = limit("code_timeout", timeout)
     mem = int(limit("code_memory_mb", memory_mb))
-    nonce = secrets.token_hex(16)
-    job = {
-        "mode": "io" if "io" in gt else "func",
-        "code": code,
-        "tests": gt.get("tests", ""),
-        "entry_point": gt.get("entry_point") or "",
-        "prompt": gt.get("prompt") or "",
-        "io": gt.get("io") or [],
-        "memory_mb": mem,
-        "cpu_seconds": max(1, math.ceil(wall)) + 1,
-        "file_size_mb": file_size_mb,
-        "max_output_chars": max_output_chars,
-        "nonce": nonce,
-    }
+    job = {"mode": "io" if "io" in gt else "func", "code": code, "memory_mb": mem,
+           "cpu_seconds": max(1, math.ceil(wall)) + 1, "file_size_mb": file_size_mb,
+           "max_output_chars": max_output_chars, "site": list(_site_dirs())}
+    expected: list[str] = []
+    if job["mode"] == "io":  # the sandbox gets the inputs only; outputs are compared here
+        job["inputs"] = [c["input"] for c in gt["io"]]
+        expected = [c["output"] for c in gt["io"]]
+    else:
+        job.update(entry_point=gt.get("entry_point") or "", prompt=gt.get("prompt") or "")
+        try:
+            job["units"] = _test_units(gt["tests"], job["entry_point"])
+        except (SyntaxError, ValueError) as exc:
+            return {**_blank_details(time.monotonic() - t0), "status": "bad_tests",
+                    "error": trim(f"tests do not parse: {exc}", 400)}
     with _SLOTS:
-        return _run_job(job, wall)
+        return _run_job(job, wall, expected)
 
 
-def _run_job(job: dict, wall: float) -> dict[str, Any]:
+def _blank_details(seconds: float) -> dict[str, Any]:
+    return {"status": "", "tests_passed": 0, "tests_total": 0, "failing_test": "", "expected": "", "got": "",
+            "error": "", "seconds": round(seconds, 3)}
+
+
+class _Progress:
+    """What the judge has reported so far; stdin/stdout cases are compared here, against outputs the sandbox
+    never saw."""
+
+    def __init__(self, expected: list[str]):
+        self.expected = expected
+        self.starts: list[str] = []
+        self.passed = 0
+        self.final: dict[str, Any] | None = None
+
+    def handle(self, msg: Any) -> bool:
+        """Take one report; True once the verdict is known."""
+        if not isinstance(msg, dict):
+            return False
+        ev = msg.get("ev")
+        if ev == "start":
+            self.starts.append(str(msg.get("src", "")))
+        elif ev == "case":
+            return self._case(msg)
+        elif ev == "done":
+            if self.final is None:
+                self.final = {"status": str(msg.get("status", "error")), "tests_passed": int(msg.get("passed", 0)),
+                              "tests_total": int(msg.get("total", 0)),
+                              **{k: trim(str(msg[k]), 400) for k in ("failing_test", "expected", "got", "error")
+                                 if msg.get(k) is not None}}
+            return True
+        return False
+
+    def _case(self, msg: dict) -> bool:
+        i, total = int(msg.get("i", -1)), len(self.expected)
+        if not 0 <= i < total or i != self.passed:
+            return False
+        got, status = str(msg.get("stdout", "")), str(msg.get("status", ""))
+        if status == "ok" and _compare_outputs(self.expected[i], got):
+            self.passed += 1
+            if self.passed == total:
+                self.final = {"status": "passed", "tests_passed": total, "tests_total": total}
+            return self.passed == total
+        self.final = {"status": "wrong_answer" if status == "ok" else status, "tests_passed": self.passed,
+                      "tests_total": total, "failing_test": trim(self.starts[-1] if self.starts else "", 400),
+                      "expected": trim(self.expected[i], 400), "got": trim(got, 400),
+                      "error": trim(str(msg.get("error", "")), 400)}
+        return True
+
+
+def _run_job(job: dict, wall: float, expected: list[str]) -> dict[str, Any]:
     start = time.monotonic()
+    deadline = start + wall
     tmp = tempfile.mkdtemp(prefix="rl2f-sbx-")
     r_fd, w_fd = os.pipe()
-    job["result_fd"] = w_fd
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8"}
-    cmd = [sys.executable, "-I", "-B", _RUNNER]
+    cmd = [sys.executable, "-I", "-B", "-S", _RUNNER, str(w_fd)]
     if _use_unshare():
         cmd = _UNSHARE_ARGS + cmd
     proc = None
-    events: list[dict] = []
-    timed_out = False
+    progress = _Progress(expected)
+    timed_out = finished = False
+    stderr_tail = ""
     try:
         with tempfile.TemporaryFile() as errf:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf, cwd=tmp,
                                     env=env, pass_fds=(w_fd,), start_new_session=True, close_fds=True)
             os.close(w_fd)
             w_fd = -1
-            try:
-                proc.stdin.write(json.dumps(job).encode())
-                proc.stdin.close()
+            try:  # length-prefixed; stdin then stays open: closing it tells the judge to end the run
+                data = marshal.dumps(job)
+                proc.stdin.write(len(data).to_bytes(8, "big") + data)
+                proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 pass
-            buf, total, got_done = b"", 0, False
-            deadline = start + wall
-            while True:
+            buf = b""
+            line_cap = 4 * int(job["max_output_chars"]) + (1 << 20)
+            while not finished:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                ready, _, _ = select.select([r_fd], [], [], remaining)
+                ready = select.select([r_fd], [], [], remaining)[0] if remaining > 0 else []
                 if not ready:
                     timed_out = True
                     break
                 chunk = os.read(r_fd, 1 << 16)
                 if not chunk:
-                    break  # every writer closed: the runner finished (or died)
-                total += len(chunk)
-                if total <= 4 << 20:
-                    buf += chunk
-                if b'"ev": "done"' in chunk or b'"ev": "done"' in buf[-len(chunk) - 16:]:
-                    got_done = True
-                    break  # the runner reported its result; whatever else holds the pipe is killed below
-            if timed_out:
-                _kill_group(proc)
-            try:  # after its report the runner only has to exit; lingering threads are not waited for
-                proc.wait(timeout=1.0 if got_done else max(0.5, deadline - time.monotonic()))
+                    break  # the judge ended (or died) without a verdict
+                buf += chunk
+                while not finished and b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    try:
+                        finished = progress.handle(json.loads(line))
+                    except ValueError:
+                        pass
+                if len(buf) > line_cap:
+                    break
+            try:  # verdict known or time up: the judge ends the run (and it ends its own when it is done)
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=0.3 if finished or timed_out else max(0.3, min(1.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
-                timed_out = timed_out or not got_done
+                timed_out = not finished
                 _kill_group(proc)
-                proc.wait(timeout=10)
-            for line in buf.split(b"\n"):
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(msg, dict) and msg.pop("nonce", None) == job["nonce"]:
-                    events.append(msg)
+                proc.wait(timeout=5)
             errf.seek(0)
             stderr_tail = errf.read(4096).decode("utf-8", "replace")
     finally:
         if proc is not None:
-            _kill_group(proc, wait=0.0 if proc.returncode is not None and not timed_out else 2.0)
+            _kill_group(proc, wait=0.0 if proc.returncode is not None and finished else 0.5)
         if w_fd >= 0:
             os.close(w_fd)
         os.close(r_fd)
         _rmtree(tmp)
-    return _summarise(events, proc.returncode if proc else None, timed_out, wall, stderr_tail,
-                      time.monotonic() - start, len(job["io"]) if job["mode"] == "io" else None)
+    return _summarise(progress, proc.returncode if proc else None, timed_out and not finished, wall, stderr_tail,
+                      time.monotonic() - start, len(expected) or None)
 
 
-def _summarise(events, returncode, timed_out, wall, stderr_tail, seconds, n_io) -> dict[str, Any]:
-    done = next((e for e in reversed(events) if e.get("ev") == "done"), None)
-    starts = [e for e in events if e.get("ev") == "start"]
-    details: dict[str, Any] = {"status": "", "tests_passed": 0, "tests_total": 0, "failing_test": "",
-                               "expected": "", "got": "", "error": "", "seconds": round(seconds, 3)}
-    if done is not None and not timed_out:
-        details["status"] = done.get("status", "error")
-        details["tests_passed"] = int(done.get("passed", 0))
-        details["tests_total"] = int(done.get("total", 0))
-        for k in ("failing_test", "expected", "got", "error"):
-            if done.get(k) is not None:
-                details[k] = trim(str(done[k]), 400)
-        return details
-    details["tests_passed"] = len(starts) - 1 if starts else 0
+def _summarise(progress: _Progress, returncode, timed_out, wall, stderr_tail, seconds, n_io) -> dict[str, Any]:
+    details = _blank_details(seconds)
+    if progress.final is not None:
+        return {**details, **progress.final}
+    starts = progress.starts
+    details["tests_passed"] = progress.passed if n_io else max(0, len(starts) - 1)
     details["tests_total"] = n_io or 0
     if starts:
-        details["failing_test"] = trim(starts[-1].get("src", ""), 400)
+        details["failing_test"] = trim(starts[-1], 400)
     sig = -returncode if returncode is not None and returncode < 0 else (
         returncode - 128 if returncode is not None and returncode > 128 else None)
     if timed_out or sig == signal.SIGKILL and seconds >= wall * 0.95:
