@@ -27,14 +27,13 @@ can name it), ``{"ev": "case", "i": k, "status": ..., "stdout": ..., "error": ..
 and ``{"ev": "done", "status": ..., "passed": n, "total": N, ...}``.
 """
 
+import _signal as signal  # not `signal`: its enums cost milliseconds of start-up
 import _thread
 import builtins
 import io
-import json
 import marshal
 import os
 import resource
-import signal
 import sys
 import time
 
@@ -61,6 +60,40 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 REPLY_CAP = 8 << 20
 MAX_DEPTH = 100
 _PLAIN_NAMES = "None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset"
+
+
+def _no_default(obj):
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
+def _codec():
+    """(dumps, loads) of JSON, loads turning tagged objects into tuples, sets, ... (`_untag`). Straight from the
+    C accelerator where there is one: the json package pulls in re and enum, milliseconds of every run."""
+    try:
+        import _json
+    except ImportError:
+        import json
+
+        return json.dumps, lambda s: json.loads(s, object_hook=_untag)
+
+    class Context:
+        strict, object_hook, object_pairs_hook, parse_float, parse_int, memo = True, _untag, None, float, int, {}
+        parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+
+    encode = _json.make_encoder(None, _no_default, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+    scan = _json.make_scanner(Context)
+
+    def loads(s):
+        try:
+            obj, end = scan(s, 0)
+        except StopIteration:
+            raise ValueError("not JSON") from None
+        if end != len(s):
+            raise ValueError("extra data after the JSON value")
+        Context.memo.clear()
+        return obj
+
+    return lambda obj: "".join(encode(obj, 0)), loads
 
 
 class OutputLimit(BaseException):
@@ -301,10 +334,18 @@ def plain(v, depth=0):
 
 
 def _err_reply(exc):
+    if isinstance(exc, MemoryError):  # let go of what filled the memory before describing it
+        tb = exc.__traceback__
+        while tb is not None:
+            try:
+                tb.tb_frame.clear()
+            except RuntimeError:  # a frame still running (this file's)
+                pass
+            tb = tb.tb_next
     try:
-        return json.dumps(["err", _classify(exc), str(type(exc).__name__), _trim(str(exc), 2000), _error_text(exc)])
+        return dumps(["err", _classify(exc), str(type(exc).__name__), _trim(str(exc), 2000), _error_text(exc)])
     except BaseException:  # noqa: BLE001 - a hostile exception object
-        return json.dumps(["err", "error", "Exception", "<unprintable exception>", "<unprintable exception>"])
+        return dumps(["err", "error", "Exception", "<unprintable exception>", "<unprintable exception>"])
 
 
 def candidate_main(cmd_fd, rep_fd):
@@ -331,7 +372,7 @@ def candidate_main(cmd_fd, rep_fd):
     try:
         code_obj = compile(setup["code"], "<solution>", "exec")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
-        send(rep_fd, json.dumps(["err", "syntax_error", type(exc).__name__, _trim(f"{type(exc).__name__}: {exc}"),
+        send(rep_fd, dumps(["err", "syntax_error", type(exc).__name__, _trim(f"{type(exc).__name__}: {exc}"),
                                  ""]).encode())
         os._exit(0)
     install_audit_hook(os.getcwd())
@@ -373,7 +414,7 @@ def _serve_calls(code_obj, setup, cmd_fd, rep_fd):
             exec(compile(setup["prompt"], "<prompt>", "exec"), ns)
         exec(code_obj, ns)
         entry = setup.get("entry_point") or ""
-        reply = json.dumps(["ok", not entry or callable(ns.get(entry))])
+        reply = dumps(["ok", not entry or callable(ns.get(entry))])
     except BaseException as exc:  # noqa: BLE001
         reply = _err_reply(exc)
     send(rep_fd, reply.encode())
@@ -384,14 +425,14 @@ def _serve_calls(code_obj, setup, cmd_fd, rep_fd):
         op, name, args, kwargs = marshal.loads(msg)
         try:
             if op == "lookup":
-                reply = json.dumps(["ok", callable(ns.get(name))])
+                reply = dumps(["ok", callable(ns.get(name))])
             else:
                 result = ns[name](*args, **kwargs)
                 try:
-                    reply = json.dumps(["ok", plain(result)])
+                    reply = dumps(["ok", plain(result)])
                 except TypeError as exc:
                     t = type(result)
-                    reply = json.dumps(["err", "unplain", f"{t.__module__}.{t.__qualname__}", str(exc), ""])
+                    reply = dumps(["err", "unplain", f"{t.__module__}.{t.__qualname__}", str(exc), ""])
         except BaseException as exc:  # noqa: BLE001
             reply = _err_reply(exc)
         send(rep_fd, reply.encode())
@@ -416,12 +457,15 @@ def _untag(obj):
     raise ValueError(f"unknown tag {tag!r}")
 
 
+dumps, loads = _codec()
+
+
 def decode_plain(payload):
     """A candidate's reply -> ("ok", value) or ("err", kind, type name, message, traceback). Only exact builtin
     types come out; `ValueError` for anything malformed."""
     try:
-        msg = json.loads(payload, object_hook=_untag)
-    except (ValueError, TypeError, RecursionError, MemoryError, UnicodeError) as exc:
+        msg = loads(payload.decode("utf-8"))
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
         raise ValueError(f"malformed reply: {_trim(str(exc), 200)}") from None
     if type(msg) is list and len(msg) == 2 and msg[0] == "ok":
         return msg
@@ -445,10 +489,9 @@ class CandidateError(Exception):
 def _describe_exit(status):
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         return {signal.SIGXCPU: ("timeout", "CPU time limit exceeded"),
                 signal.SIGXFSZ: ("file_size_limit", "file size limit exceeded")}.get(
-            sig, ("runtime_error", f"the program was killed by signal {name}"))
+            sig, ("runtime_error", f"the program was killed by signal {sig} ({signal.strsignal(sig)})"))
     return "runtime_error", f"the program exited (exit status {os.WEXITSTATUS(status)})"
 
 
@@ -585,7 +628,7 @@ class Judge:
         self.fd = result_fd
 
     def emit(self, **msg):
-        _write_all(self.fd, (json.dumps(msg, ensure_ascii=False) + "\n").encode("utf-8", "replace"))
+        _write_all(self.fd, (dumps(msg) + "\n").encode("utf-8", "replace"))
 
     def setup_for(self, job, **extra):
         keys = ("code", "memory_mb", "cpu_seconds", "file_size_mb", "max_output_chars", "site")

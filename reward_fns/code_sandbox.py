@@ -96,7 +96,7 @@ def _use_unshare() -> bool:
 def sandbox_info() -> dict[str, Any]:
     """How runs are isolated on this machine (for logs and `python -m rl2f_plugin info`)."""
     return {"network_namespace": _use_unshare(), "pid_namespace": _use_unshare(), "audit_hook": True,
-            "python": sys.executable}
+            "judge_process": True, "python": sys.executable}
 
 
 def parse_code_ground_truth(ground_truth: Any) -> dict:
@@ -308,7 +308,10 @@ class _Progress:
         elif ev == "case":
             return self._case(msg)
         elif ev == "done":
-            if self.final is None:
+            if self.final is None and self.expected:
+                self.final = {"status": "crashed", "tests_passed": self.passed, "tests_total": len(self.expected),
+                              "error": "the judge ended without reporting every case"}
+            elif self.final is None:
                 self.final = {"status": str(msg.get("status", "error")), "tests_passed": int(msg.get("passed", 0)),
                               "tests_total": int(msg.get("total", 0)),
                               **{k: trim(str(msg[k]), 400) for k in ("failing_test", "expected", "got", "error")
@@ -359,7 +362,7 @@ def _run_job(job: dict, wall: float, expected: list[str]) -> dict[str, Any]:
             except (BrokenPipeError, OSError):
                 pass
             buf = b""
-            line_cap = 4 * int(job["max_output_chars"]) + (1 << 20)
+            line_cap = 6 * int(job["max_output_chars"]) + (1 << 20)  # stdout as JSON: \u0000 is 6 bytes
             while not finished:
                 remaining = deadline - time.monotonic()
                 ready = select.select([r_fd], [], [], remaining)[0] if remaining > 0 else []
