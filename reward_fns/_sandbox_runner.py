@@ -636,7 +636,10 @@ class Judge:
 
     def run_functions(self, job, cand):
         entry = job.get("entry_point") or ""
-        reply = cand.request(self.setup_for(job, mode="func", prompt=job.get("prompt") or "", entry_point=entry))
+        try:
+            reply = cand.request(self.setup_for(job, mode="func", prompt=job.get("prompt") or "", entry_point=entry))
+        except Fault as fault:  # it exited or crashed while loading
+            return self.emit(ev="done", status="load_error", passed=0, total=0, error=fault.error + " while loading")
         if reply[0] != "ok":
             _, kind, tname, message, tb = reply
             status = {"error": "load_error", "exit": "load_error"}.get(kind, kind)
