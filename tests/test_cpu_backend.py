@@ -296,7 +296,7 @@ def _good_overrides(model_dir, data_dir) -> list[str]:
             f"data.val_files={data_dir}/test.parquet"]
 
 
-@pytest.mark.parametrize("recipe", ["rlvr_cpu", "rl2f_cpu"])
+@pytest.mark.parametrize("recipe", ["rlvr_cpu", "rl2f_cpu", "rl2f_wm_cpu"])
 def test_preflight_accepts_the_cpu_recipes(recipe, tiny_model_dir, rg_data_dir, monkeypatch):
     from rl2f_plugin.preflight import run_preflight
 

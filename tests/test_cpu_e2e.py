@@ -1,16 +1,18 @@
 """End to end on CPU: verl's real ``main_ppo`` (a subprocess, as a user runs it) trains 2 GRPO steps of
-``recipes/rlvr_cpu.yaml`` (stock single-turn) and ``recipes/rl2f_cpu.yaml`` (didactic loop, self teacher,
-world-model loss, rl2f_sync trainer mode) with SmolLM2-135M-Instruct and reasoning-gym data.
+``recipes/rlvr_cpu.yaml`` (stock single-turn) and ``recipes/rl2f_wm_cpu.yaml`` (didactic loop, template teacher,
+world-model loss, rl2f_sync trainer mode) with SmolLM2-135M-Instruct on the CPU default data
+(``examples/data_preprocess/cpu_default_data.py``, its first 8 training problems).
 
 Nothing is mocked: Ray, TransferQueue, the FSDP2 actor, the hf rollout server and weight sync all run for real
 on the CPU. What is asserted, per recipe:
 
 * both steps completed (exit 0, metrics logged for steps 1 and 2 by verl's file logger);
+* the default can learn: some reward is earned and at least one GRPO group has rewards that differ, so some
+  advantages are non-zero (a default on which the model earns nothing, or everything, gives GRPO nothing to learn
+  from and fails here);
 * the policy weights changed by a gradient step: the weights the actor sent to the rollout after step 1 (and 2)
   differ from the initial ones (checksums from the rollout server's log), with weight decay off and a non-zero
-  ``actor/grad_norm``. SmolLM2-135M almost never earns the reward on these problems, so with GRPO alone the
-  advantages are all 0; the RLVR run adds a small entropy bonus (``entropy_coeff=1e-3``) so that its loss always
-  has a gradient; RL²F's world-model term gives it one whenever feedback was given;
+  ``actor/grad_norm``;
 * the rollout used the updated weights in step 2: every generation of step 2 ran on the weights received after
   step 1 (server log), verl saw no stale trajectory, and the rollout's log-probs match the actor's
   recomputation (``training/rollout_probs_diff_max``), which only holds if both hold the same weights;
@@ -51,11 +53,9 @@ def model_dir():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("rg_cpu")
-    subprocess.run([sys.executable, os.path.join(REPO, "examples/data_preprocess/reasoning_gym_data.py"),
-                    "--generators", "basic_arithmetic", "--train-size", "8", "--test-size", "2", "--seed", "0",
-                    "--gen-config", json.dumps({"basic_arithmetic": {"min_terms": 2, "max_terms": 2,
-                                                                     "min_digits": 1, "max_digits": 1}}),
-                    "--out-dir", str(out)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, os.path.join(REPO, "examples/data_preprocess/cpu_default_data.py"),
+                    "--train-size", "8", "--test-size", "2", "--out-dir", str(out)],
+                   check=True, capture_output=True, timeout=300)
     return out
 
 
@@ -94,6 +94,12 @@ def check_run(result: dict, extra_metrics: list[str]) -> None:
             assert key in metrics[step], f"step {step}: metric {key} missing; have {sorted(metrics[step])[:80]}"
             value = float(metrics[step][key])
             assert math.isfinite(value), f"step {step}: {key}={value}"
+    # 2b. the default data can teach: reward earned, and a group whose rewards differ (non-zero GRPO advantages)
+    rewards = [float(metrics[s]["critic/score/mean"]) for s in (1, 2)]
+    assert max(rewards) > 0, f"no reward earned on the default data in 2 steps: {rewards}"
+    spread = [max(abs(float(metrics[s]["critic/advantages/max"])), abs(float(metrics[s]["critic/advantages/min"])))
+              for s in (1, 2)]
+    assert max(spread) > 0, f"every GRPO group had equal rewards (all advantages 0): nothing to learn from; {spread}"
     # 3. the policy weights changed: what the actor sent after steps 1 and 2 differs from the initial weights
     updates = {e["global_steps"]: e for e in events if e["event"] == "update_weights"}
     init = next(e for e in events if e["event"] == "init")
@@ -116,18 +122,18 @@ def check_run(result: dict, extra_metrics: list[str]) -> None:
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rlvr_cpu_two_steps(model_dir, data_dir, tmp_path):
-    result = run_main_ppo("rlvr_cpu", model_dir, data_dir, tmp_path,
-                          NO_DECAY + ["actor_rollout_ref.actor.entropy_coeff=0.001"])
+    result = run_main_ppo("rlvr_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
     check_run(result, [])
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rl2f_cpu_two_steps(model_dir, data_dir, tmp_path):
-    result = run_main_ppo("rl2f_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
-    check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/solve_rate", "rl2f/mean_student_turns"])
+    result = run_main_ppo("rl2f_wm_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
+    check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/acc_turn3", "rl2f/solve_rate",
+                       "rl2f/mean_student_turns"])
     for step in (1, 2):
         m = result["metrics"][step]
-        assert float(m["rl2f/acc_turn1"]) <= float(m["rl2f/acc_turn2"])  # cumulative accuracy never decreases
+        assert float(m["rl2f/acc_turn1"]) <= float(m["rl2f/acc_turn2"]) <= float(m["rl2f/acc_turn3"])  # cumulative
         wm = [k for k in m if "wm" in k or "world_model" in k]
         assert wm, f"no world-model loss metric in step {step}"
         assert all(math.isfinite(float(m[k])) for k in wm)

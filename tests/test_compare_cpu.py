@@ -1,0 +1,94 @@
+"""The CPU RL²F-vs-RLVR comparison's plumbing: learning curves merged across resumed runs, and the comparison
+script training every recipe under the same conditions (same data, steps, batch and seeds per pair) and resuming.
+
+The training itself is covered by tests/test_cpu_e2e.py (real main_ppo); here the script runs with DRY_RUN=1,
+which prints each command instead of running it (the model is still converted/cached for real).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rl2f_plugin.eval.learning_curves import format_table, load_run, main as curves_main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write_metrics(path: Path, steps: dict[int, dict[str, float]], torn_tail: bool = False) -> None:
+    with open(path, "w") as f:
+        for step, data in steps.items():
+            f.write(json.dumps({"step": step, "data": data}) + "\n")
+        if torn_tail:
+            f.write('{"step": 99, "da')
+
+
+def test_learning_curves_merge_resumed_files_later_record_wins(tmp_path):
+    run = tmp_path / "rl2f_s1"
+    run.mkdir()
+    first, second = run / "metrics-20260101-000000.jsonl", run / "metrics-20260101-010000.jsonl"
+    # first attempt: steps 1-3, killed while writing; the resumed attempt redoes step 3 (checkpoint at 2) and goes on
+    _write_metrics(first, {s: {"critic/score/mean": 0.1, "rl2f/acc_turn1": 0.1, "timing_s/step": 10.0}
+                           for s in (1, 2, 3)}, torn_tail=True)
+    _write_metrics(second, {s: {"critic/score/mean": 0.5, "rl2f/acc_turn1": 0.4, "timing_s/step": 20.0}
+                            for s in (3, 4)})
+    os.utime(first, (1, 1))
+    os.utime(second, (2, 2))
+    curve = load_run("RL2F s1", str(run))
+    assert sorted(curve.steps) == [1, 2, 3, 4]
+    assert curve.steps[3]["critic/score/mean"] == 0.5  # the redone step replaces the lost one
+    assert curve.wall_seconds == pytest.approx(10 + 10 + 20 + 20)
+    assert curve.turn1_accuracy() == ([1, 2, 3, 4], [0.1, 0.1, 0.4, 0.4])
+    table = format_table([curve])
+    assert "| RL2F s1 | 4 | 1.0 min | 15.0 | 0.300 | 0.300 |" in table
+
+
+def test_learning_curves_cli_single_turn_run_and_plot(tmp_path):
+    rlvr = tmp_path / "metrics.jsonl"
+    _write_metrics(rlvr, {s: {"critic/score/mean": 0.1 * s, "timing_s/step": 5.0} for s in range(1, 6)})
+    png, md = tmp_path / "curves.png", tmp_path / "curves.md"
+    assert curves_main(["--run", f"RLVR s1={rlvr}", "--plot", str(png), "--table", str(md)]) == 0
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| RLVR s1 | 5 |" in md.read_text()
+    # a single-turn run's turn-1 accuracy is its reward
+    assert load_run("x", str(rlvr)).turn1_accuracy()[1] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    with pytest.raises(FileNotFoundError, match="no metrics"):
+        load_run("empty", str(tmp_path / "nothing_here"))
+
+
+def test_compare_script_trains_every_recipe_alike_and_resumes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_MODULES",)}
+    env.update(DRY_RUN="1", OUT=str(tmp_path / "cmp"), STEPS="6", SAVE_FREQ="2", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "examples" / "compare_rl2f_vs_rlvr_cpu.sh"), "trainer.nnodes=1"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    train_cmds = [ln for ln in proc.stdout.splitlines() if "verl.trainer.main_ppo" in ln]
+    runs = [(re.search(r"--config-name=(\S+)", c).group(1), re.search(r"data\.seed=(\d+)", c).group(1))
+            for c in train_cmds]
+    assert runs == [("rlvr_cpu", "1"), ("rlvr_cpu", "2"), ("rl2f_cpu", "1"), ("rl2f_cpu", "2"), ("rl2f_wm_cpu", "1")]
+
+    def shared(cmd: str) -> list[str]:  # everything but the recipe, its seed and its own output folders
+        out = []
+        for arg in cmd.split():
+            if re.match(r"(--config-name|data\.seed|actor_rollout_ref\.rollout\.seed|trainer\.experiment_name|"
+                        r"trainer\.default_local_dir|hydra\.run\.dir|RL2F_OUTPUT_DIR|VERL_FILE_LOGGER_PATH|"
+                        r"RL2F_CPU_ROLLOUT_LOG)=", arg):
+                continue
+            out.append(arg)
+        return out
+
+    assert all(shared(c) == shared(train_cmds[0]) for c in train_cmds)
+    first = train_cmds[0]
+    for arg in ("trainer.total_training_steps=6", "trainer.save_freq=2", "trainer.resume_mode=auto",
+                "data.shuffle=true", "actor_rollout_ref.rollout.seed=1", "trainer.nnodes=1"):
+        assert arg in first.split(), arg
+    eval_cmds = [ln for ln in proc.stdout.splitlines() if "rl2f_plugin.eval --data" in ln]
+    assert [re.search(r"--name (\S+)", c).group(1) for c in eval_cmds] == [
+        "base", "rlvr_cpu_s1", "rlvr_cpu_s2", "rl2f_cpu_s1", "rl2f_cpu_s2", "rl2f_wm_cpu_s1"]
+    assert all("--teacher template" in c and "--max-turns 3" in c for c in eval_cmds)
