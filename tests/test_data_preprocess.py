@@ -147,7 +147,8 @@ def test_humaneval_rows_verify_with_the_canonical_solution(tmp_path):
     _validate(tmp_path / "test.parquet")
     for r in rows[:2]:
         gt = json.loads(r["reward_model"]["ground_truth"])
-        assert set(gt) == {"tests", "entry_point"} and gt["tests"].rstrip().endswith(f"check({gt['entry_point']})")
+        assert set(gt) == {"tests", "entry_point", "prompt"} and gt["tests"].rstrip().endswith(f"check({gt['entry_point']})")
+        assert gt["prompt"] == r["extra_info"]["starter_code"]  # the judge runs the problem's own helpers
         assert r["extra_info"]["task"] == "code" and r["data_source"] == "humaneval"
         assert f"`{gt['entry_point']}`" in _prompt_text(r)               # code task names the function
         solution = r["extra_info"]["solution"]

@@ -4,8 +4,10 @@
 
 The problem is HumanEval's prompt (signature + docstring), to be completed into the whole function. The ground
 truth (JSON string) is ``{"tests": <HumanEval's check() definition followed by check(<entry point>)>,
-"entry_point": <function name>}``: the ``code`` verifier runs the student's last fenced code block followed by
-these tests in its sandbox. The canonical solution is kept as the privileged ``solution`` (teacher only).
+"entry_point": <function name>, "prompt": <HumanEval's prompt>}``: the ``code`` verifier runs the student's last
+fenced code block in its sandbox and these tests in its judge process; the prompt runs on both sides, so its
+imports reach the student's code and its helper functions (e.g. HumanEval/32's ``poly``) are the problem's own
+in the judge, whatever the student redefines. The canonical solution is kept as the privileged ``solution`` (teacher only).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def tests_of(problem: dict) -> str:
 def convert_problem(problem: dict, index: int, split: str = "test") -> dict:
     return make_row(
         data_source="humaneval", task=TASK, problem=problem["prompt"],
-        ground_truth={"tests": tests_of(problem), "entry_point": problem["entry_point"]},
+        ground_truth={"tests": tests_of(problem), "entry_point": problem["entry_point"], "prompt": problem["prompt"]},
         ability="code", split=split, index=index,
         privileged={"solution": problem["prompt"] + problem["canonical_solution"]},
         extra={"task_id": problem["task_id"], "entry_point": problem["entry_point"],
