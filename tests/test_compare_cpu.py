@@ -68,10 +68,14 @@ def test_compare_script_trains_every_recipe_alike_and_resumes(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "examples" / "compare_rl2f_vs_rlvr_cpu.sh"), "trainer.nnodes=1"],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    train_cmds = [ln for ln in proc.stdout.splitlines() if "verl.trainer.main_ppo" in ln]
+    lines = proc.stdout.splitlines()
+    train_cmds = [ln for ln in lines if "verl.trainer.main_ppo" in ln]
+    # each run is evaluated right after its training (an interrupted comparison still has finished pairs)
+    order = [("train" if "main_ppo" in ln else "eval") for ln in lines if "main_ppo" in ln or "eval --data" in ln]
+    assert order == ["eval"] + ["train", "eval"] * 5
     runs = [(re.search(r"--config-name=(\S+)", c).group(1), re.search(r"data\.seed=(\d+)", c).group(1))
             for c in train_cmds]
-    assert runs == [("rlvr_cpu", "1"), ("rlvr_cpu", "2"), ("rl2f_cpu", "1"), ("rl2f_cpu", "2"), ("rl2f_wm_cpu", "1")]
+    assert runs == [("rlvr_cpu", "1"), ("rl2f_cpu", "1"), ("rlvr_cpu", "2"), ("rl2f_cpu", "2"), ("rl2f_wm_cpu", "1")]
 
     def shared(cmd: str) -> list[str]:  # everything but the recipe, its seed and its own output folders
         out = []
@@ -90,5 +94,5 @@ def test_compare_script_trains_every_recipe_alike_and_resumes(tmp_path):
         assert arg in first.split(), arg
     eval_cmds = [ln for ln in proc.stdout.splitlines() if "rl2f_plugin.eval --data" in ln]
     assert [re.search(r"--name (\S+)", c).group(1) for c in eval_cmds] == [
-        "base", "rlvr_cpu_s1", "rlvr_cpu_s2", "rl2f_cpu_s1", "rl2f_cpu_s2", "rl2f_wm_cpu_s1"]
+        "base", "rlvr_cpu_s1", "rl2f_cpu_s1", "rlvr_cpu_s2", "rl2f_cpu_s2", "rl2f_wm_cpu_s1"]
     assert all("--teacher template" in c and "--max-turns 3" in c for c in eval_cmds)
