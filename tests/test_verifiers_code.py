@@ -150,7 +150,7 @@ HOSTILE = {
     "fork_bomb": ("import os\ndef add(a, b):\n    while True:\n        os.fork()", "forbidden"),
     "fork_at_import": ("import os\nos.fork()\ndef add(a, b):\n    return a + b", "forbidden"),
     "huge_allocation": ("def add(a, b):\n    x = bytearray(50 * 1024 ** 3)\n    return a + b", "memory_limit"),
-    "growing_list": ("def add(a, b):\n    x = []\n    while True:\n        x.append(b'x' * 10 ** 7)", "memory_limit"),
+    "growing_list": ("def add(a, b):\n    x = []\n    while True:\n        x.append(b'x' * 10 ** 8)", "memory_limit"),
     "write_outside": (f"def add(a, b):\n    open({OUTSIDE!r}, 'w').write('x')\n    return a + b", "forbidden"),
     "delete_outside": (f"import os\ndef add(a, b):\n    os.remove({OUTSIDE!r})\n    return a + b", "forbidden"),
     "socket": ("import socket\ndef add(a, b):\n    socket.create_connection(('1.1.1.1', 80), timeout=1)\n    return a + b",
