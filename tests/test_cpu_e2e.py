@@ -129,11 +129,10 @@ def test_rlvr_cpu_two_steps(model_dir, data_dir, tmp_path):
 @pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rl2f_cpu_two_steps(model_dir, data_dir, tmp_path):
     result = run_main_ppo("rl2f_wm_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
-    check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/acc_turn3", "rl2f/solve_rate",
-                       "rl2f/mean_student_turns"])
+    check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/solve_rate", "rl2f/mean_student_turns"])
     for step in (1, 2):
         m = result["metrics"][step]
-        assert float(m["rl2f/acc_turn1"]) <= float(m["rl2f/acc_turn2"]) <= float(m["rl2f/acc_turn3"])  # cumulative
+        assert float(m["rl2f/acc_turn1"]) <= float(m["rl2f/acc_turn2"])  # cumulative accuracy never decreases
         wm = [k for k in m if "wm" in k or "world_model" in k]
         assert wm, f"no world-model loss metric in step {step}"
         assert all(math.isfinite(float(m[k])) for k in wm)
