@@ -64,6 +64,8 @@ def _contains_bounded(haystack: str, needle: str) -> bool:
         before = haystack[i - 1] if i > 0 else ""
         after = haystack[i + len(needle)] if i + len(needle) < len(haystack) else ""
         glued_before = bool(before) and before.isalnum() and needle[0].isalnum()
+        if needle[0].isdigit() and before in "-." and before and (before == "." or i < 2 or not haystack[i - 2].isalnum()):
+            glued_before = True  # "(-2)" or "0.2" is another number than "2" ("10-2" still counts: an operand)
         glued_after = bool(after) and needle[-1].isalnum() and (after.isalnum() or (after == "." and haystack[i + len(needle) + 1: i + len(needle) + 2].isdigit()))
         if not glued_before and not glued_after:
             return True

@@ -1,7 +1,7 @@
 """End to end on CPU: verl's real ``main_ppo`` (a subprocess, as a user runs it) trains 2 GRPO steps of
 ``recipes/rlvr_cpu.yaml`` (stock single-turn) and ``recipes/rl2f_wm_cpu.yaml`` (didactic loop, template teacher,
 world-model loss, rl2f_sync trainer mode) with SmolLM2-135M-Instruct on the CPU default data
-(``examples/data_preprocess/cpu_default_data.py``, its first 8 training problems).
+(``examples/data_preprocess/cpu_default_data.py``, its first 16 training problems: two batches of 8).
 
 Nothing is mocked: Ray, TransferQueue, the FSDP2 actor, the hf rollout server and weight sync all run for real
 on the CPU. What is asserted, per recipe:
@@ -54,7 +54,7 @@ def model_dir():
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("rg_cpu")
     subprocess.run([sys.executable, os.path.join(REPO, "examples/data_preprocess/cpu_default_data.py"),
-                    "--train-size", "8", "--test-size", "2", "--out-dir", str(out)],
+                    "--train-size", "16", "--test-size", "2", "--out-dir", str(out)],
                    check=True, capture_output=True, timeout=300)
     return out
 

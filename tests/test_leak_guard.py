@@ -51,6 +51,17 @@ def test_string_match_uses_word_boundaries():
     assert not b.check("Option Bonus is a trap; Beware.").leaked
 
 
+def test_a_signed_or_decimal_number_is_not_its_digits():
+    """The template teacher quotes the student's wrong answer: "(-2)" is not a leak of "2", nor "0.2" or "1.2"."""
+    rg = get_task("reasoning_gym:basic_arithmetic")
+    g = LeakGuard(rg, "2", {"answer_extraction": "flexible"})
+    assert not g.check("Your final answer (-2) is incorrect. It is too small. Check your reasoning.").leaked
+    assert not g.check("Your final answer (0.2) is incorrect; so is 1.2.").leaked
+    assert g.check("It should be 2, not -2.").leaked
+    assert g.check("Try 10-2 first.").leaked  # an operand equal to the answer still counts (conservative)
+    assert LeakGuard(rg, "-2").check("The result is (-2).").leaked
+
+
 def test_choice_answer_text_counts_as_a_leak():
     choice = get_task("choice")
     g = LeakGuard(choice, "B", {"choices": ["Paris", "Lyon", "Nice"]})
