@@ -24,7 +24,7 @@
 # curves after every training run, the comparison table after every evaluation. ONLY=train trains without
 # evaluating; ONLY=eval evaluates what is trained.
 #
-# Environment: STEPS (policy updates per run, default 24 = 1.5 epochs of 128 problems at 8 per step), SAVE_FREQ
+# Environment: STEPS (policy updates per run, default 16 = one epoch of the 128 problems at 8 per step), SAVE_FREQ
 # (default 4), RUNS (recipe:seed list, default above), EVAL_TURNS (K, default 3), EVAL_TEACHER (default template),
 # EVAL_MAX_NEW_TOKENS (per student turn, default 48), EVAL_LIMIT (only the first N held-out rows), OUT (default
 # ./outputs/compare_cpu), RL2F_CACHE (default ~/.cache/rl2f), PYTHON, ONLY=train|eval (one phase), DRY_RUN=1
@@ -33,7 +33,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
-STEPS="${STEPS:-24}"
+STEPS="${STEPS:-16}"
 SAVE_FREQ="${SAVE_FREQ:-4}"
 RUNS="${RUNS:-rlvr_cpu:1 rl2f_cpu:1 rlvr_cpu:2 rl2f_cpu:2 rl2f_wm_cpu:1}"
 EVAL_TURNS="${EVAL_TURNS:-3}"
