@@ -54,10 +54,11 @@ label() {  # rlvr_cpu:1 -> "RLVR s1"
 echo "[compare] 1/4 model and data"
 MODEL="$(RL2F_CACHE="$CACHE" "$PY" -m rl2f_plugin.cpu_model 2>/dev/null | tail -n 1)"
 echo "[compare]     model $MODEL"
-if [[ ! -f "$DATA/train.parquet" || ! -f "$DATA/test.parquet" ]]; then
-  run "$PY" "$REPO/examples/data_preprocess/cpu_default_data.py" --out-dir "$DATA"
+mkdir -p "$DATA"
+if [[ ! -f "$DATA/train.parquet" || ! -f "$DATA/test.parquet" ]]; then  # library warnings -> data.log
+  run "$PY" "$REPO/examples/data_preprocess/cpu_default_data.py" --out-dir "$DATA" 2>>"$DATA/data.log"
 fi
-[[ "${DRY_RUN:-0}" == 1 ]] || "$PY" -m rl2f_plugin.data_validation "$DATA/train.parquet" "$DATA/test.parquet"
+[[ "${DRY_RUN:-0}" == 1 ]] || "$PY" -m rl2f_plugin.data_validation "$DATA/train.parquet" "$DATA/test.parquet" 2>>"$DATA/data.log"
 
 export VERL_PLATFORM=cpu HF_HUB_OFFLINE=1 RAY_DEDUP_LOGS=0 RAY_ADDRESS=
 hf_dir() { echo "$OUT/$1/checkpoints/global_step_$STEPS/actor/huggingface"; }
@@ -70,7 +71,7 @@ curves() {
   done
   [[ ${#args[@]} -gt 0 ]] || return 0
   "$PY" -m rl2f_plugin.eval.learning_curves "${args[@]}" --plot "$OUT/curves.png" --table "$OUT/curves.md" \
-      --title "CPU: RL2F vs RLVR training, SmolLM2-135M, one-digit arithmetic" >/dev/null
+      --title "CPU: RL2F vs RLVR training, SmolLM2-135M, one-digit arithmetic" >/dev/null 2>>"$OUT/report.log"
 }
 
 train() {  # $1 = recipe:seed; leaves $OUT/<recipe>_s<seed>/checkpoints/global_step_$STEPS/actor/huggingface
@@ -127,7 +128,8 @@ report() {
   [[ ${#files[@]} -gt 0 ]] || return 0
   "$PY" -m rl2f_plugin.eval --compare "${files[@]}" --labels "${labels[@]}" \
       --table "$OUT/compare.md" --plot "$OUT/compare.png" --summary-json "$OUT/compare.json" \
-      --title "CPU: RL2F vs RLVR, held-out one-digit arithmetic, K=$EVAL_TURNS, teacher=$EVAL_TEACHER" >/dev/null
+      --title "CPU: RL2F vs RLVR, held-out one-digit arithmetic, K=$EVAL_TURNS, teacher=$EVAL_TEACHER" >/dev/null \
+      2>>"$OUT/report.log"
 }
 
 # Each run is evaluated as soon as it is trained, so an interrupted comparison still has finished pairs to show.
