@@ -20,7 +20,9 @@
 #
 # Resumable: interrupt it at any point and run the same command again. Training saves a verl checkpoint every
 # SAVE_FREQ steps and continues from the latest one (trainer.resume_mode=auto); a finished run (its last step's
-# HF model exists) is not trained again; evaluations keep finished problems. Results are written as they come:
+# HF model exists, or its DONE marker: trained and evaluated) is not trained again; evaluations keep finished
+# problems. The results without the checkpoints (metrics*.jsonl, DONE, eval/*.jsonl, the tables and plots) are
+# enough for another machine to continue with the runs not yet done. Results are written as they come:
 # curves after every training run, the comparison table after every evaluation. ONLY=train trains without
 # evaluating; ONLY=eval evaluates what is trained.
 #
@@ -83,6 +85,9 @@ train() {  # $1 = recipe:seed; leaves $OUT/<recipe>_s<seed>/checkpoints/global_s
   if [[ -f "$hf/model.safetensors" ]]; then
     echo "[compare]     $name: done ($hf)"; return 0
   fi
+  if [[ -f "$dir/DONE" ]]; then
+    echo "[compare]     $name: done earlier (trained and evaluated; $dir/DONE)"; return 0
+  fi
   mkdir -p "$dir"
   local resumed=""
   [[ -f "$dir/checkpoints/latest_checkpointed_iteration.txt" ]] && \
@@ -142,11 +147,16 @@ echo "[compare] 2-3/4 training and evaluation: $RUNS ($STEPS steps each, checkpo
 for spec in $RUNS; do
   name="${spec%%:*}_s${spec##*:}"
   [[ "$ONLY" == eval ]] || train "$spec" "$@"
-  if [[ "$ONLY" != train ]]; then
+  if [[ "$ONLY" != train && -f "$OUT/$name/DONE" ]]; then
+    echo "[compare]     $name: evaluated earlier ($OUT/eval/$name.jsonl)"
+  elif [[ "$ONLY" != train ]]; then
     if [[ "${DRY_RUN:-0}" != 1 && ! -f "$(hf_dir "$name")/model.safetensors" ]]; then
       echo "[compare]     $name: not trained yet, not evaluated"; continue
     fi
-    echo "[compare]     evaluating $name"; evaluate "$name" "$(hf_dir "$name")"; [[ "${DRY_RUN:-0}" == 1 ]] || report
+    echo "[compare]     evaluating $name"; evaluate "$name" "$(hf_dir "$name")"
+    # DONE: trained and evaluated. What a later run (or another machine, given the results without the
+    # checkpoints) needs in order to skip this run: its metrics, its transcript and this marker.
+    [[ "${DRY_RUN:-0}" == 1 ]] || { report; date -u +%FT%TZ > "$OUT/$name/DONE"; }
   fi
 done
 

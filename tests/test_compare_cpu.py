@@ -96,3 +96,20 @@ def test_compare_script_trains_every_recipe_alike_and_resumes(tmp_path):
     assert [re.search(r"--name (\S+)", c).group(1) for c in eval_cmds] == [
         "base", "rlvr_cpu_s1", "rl2f_cpu_s1", "rlvr_cpu_s2", "rl2f_cpu_s2", "rl2f_wm_cpu_s1"]
     assert all("--teacher template" in c and "--max-turns 3" in c for c in eval_cmds)
+
+
+def test_compare_script_skips_runs_marked_done_without_their_checkpoints(tmp_path):
+    """Results copied to another machine without checkpoints: a run with its DONE marker is neither trained nor
+    evaluated again; the others are."""
+    out = tmp_path / "cmp"
+    (out / "rlvr_cpu_s1").mkdir(parents=True)
+    (out / "rlvr_cpu_s1" / "DONE").write_text("2026-11-27T09:00:00Z\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_MODULES",)}
+    env.update(DRY_RUN="1", OUT=str(out), STEPS="6", RUNS="rlvr_cpu:1 rl2f_cpu:1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "examples" / "compare_rl2f_vs_rlvr_cpu.sh")],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "rlvr_cpu_s1: done earlier" in proc.stdout and "rlvr_cpu_s1: evaluated earlier" in proc.stdout
+    trained = re.findall(r"--config-name=(\S+)", proc.stdout)
+    evaluated = re.findall(r"rl2f_plugin\.eval --data \S+ --out \S+ --name (\S+)", proc.stdout)
+    assert trained == ["rl2f_cpu"] and evaluated == ["base", "rl2f_cpu_s1"]
