@@ -73,7 +73,7 @@ curves() {
   done
   [[ ${#args[@]} -gt 0 ]] || return 0
   "$PY" -m rl2f_plugin.eval.learning_curves "${args[@]}" --plot "$OUT/curves.png" --table "$OUT/curves.md" \
-      --title "CPU: RL2F vs RLVR training, SmolLM2-135M, one-digit arithmetic" >/dev/null 2>>"$OUT/report.log"
+      --title "CPU: RL2F vs RLVR training (SmolLM2-135M, one-digit arithmetic)" >/dev/null 2>>"$OUT/report.log"
 }
 
 train() {  # $1 = recipe:seed; leaves $OUT/<recipe>_s<seed>/checkpoints/global_step_$STEPS/actor/huggingface
@@ -133,7 +133,7 @@ report() {
   [[ ${#files[@]} -gt 0 ]] || return 0
   "$PY" -m rl2f_plugin.eval --compare "${files[@]}" --labels "${labels[@]}" \
       --table "$OUT/compare.md" --plot "$OUT/compare.png" --summary-json "$OUT/compare.json" \
-      --title "CPU: RL2F vs RLVR, held-out one-digit arithmetic, K=$EVAL_TURNS, teacher=$EVAL_TEACHER" >/dev/null \
+      --title "CPU, held-out arithmetic, K=$EVAL_TURNS, teacher $EVAL_TEACHER" >/dev/null \
       2>>"$OUT/report.log"
 }
 
