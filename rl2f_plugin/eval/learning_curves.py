@@ -13,7 +13,8 @@ an interruption), the later record wins.
 Per step, the plot shows the training reward (``critic/score/mean``: the final-answer correctness of the sampled
 rollouts) and the turn-1 accuracy of those rollouts (``rl2f/acc_turn1`` for rl2f runs; for single-turn runs the
 reward is their turn-1 accuracy). Curves are smoothed with a trailing moving average (``--smooth`` steps) and the
-raw points drawn faintly. Wall time is the sum of verl's ``timing_s/step`` over the steps kept.
+raw points drawn faintly. "Time in steps" is the sum of verl's ``timing_s/step`` over the steps kept (the wall time of
+the training steps; Ray/verl start-up, ~2.5 min per (re)start on 2 cores, is not in it).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _smooth(ys: list[float], k: int) -> list[float]:
 
 
 def format_table(runs: list[RunCurve]) -> str:
-    lines = ["| run | steps | wall time | s/step | reward, first 4 steps | reward, last 4 steps |",
+    lines = ["| run | steps | time in steps | s/step | reward, first 4 steps | reward, last 4 steps |",
              "|---|---|---|---|---|---|"]
     for r in runs:
         _, rewards = r.series("critic/score/mean")
