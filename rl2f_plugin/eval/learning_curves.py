@@ -108,6 +108,7 @@ def plot_curves(runs: list[RunCurve], path: str, *, smooth: int = 4, title: str 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     panels = [("training reward (final answer correct)", lambda r: r.series("critic/score/mean")),
               ("turn-1 accuracy of the training rollouts", RunCurve.turn1_accuracy)]
+    top = max([y for run in runs for get in (panels[0][1], panels[1][1]) for y in get(run)[1]] or [0.0])
     for ax, (name, get) in zip(axes, panels):
         for i, run in enumerate(runs):
             xs, ys = get(run)
@@ -118,7 +119,7 @@ def plot_curves(runs: list[RunCurve], path: str, *, smooth: int = 4, title: str 
             ax.plot(xs, _smooth(ys, smooth), color=c, linewidth=2, label=run.label)
         ax.set_title(name + (f", {smooth}-step moving average" if smooth > 1 else ""), fontsize=10)
         ax.set_xlabel("training step (policy update)")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(-0.02, min(1.02, max(0.5, 1.15 * top)))  # both panels on one scale, small values readable
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
