@@ -18,9 +18,10 @@ methods of verl's own GSM8K scorer):
 
 * ``strict`` (default): the last ``<answer>...</answer>`` (reasoning-gym's convention), else the last
   ``\\boxed{}``, else the last "Answer:" line; a reply with none of them has no answer;
-* ``flexible``: the same, and a reply with none of them is read for its last number (``last_number``). Meant for
-  numeric generators and small models that answer right but ignore the tag format; there is no bonus for the
-  format either way.
+* ``flexible``: the last number (``last_number``) of that explicit answer ("So, the answer is (18)." -> "18"), or
+  of the whole reply when it has none; an explicit answer without a number is kept as it is. Meant for numeric
+  generators and small models that answer right but ignore the tag format; there is no bonus for the format
+  either way, and only one number (the last) is ever scored.
 
 The reward is sparse: 1.0 when ``score_answer`` says the answer is right, else 0.0. reasoning-gym's own partial
 credit (its default scorer gives ``len(oracle) / len(answer)`` to any answer that merely *contains* the oracle,
@@ -59,8 +60,8 @@ def extract_rg_answer(response: str, mode: str = "strict") -> str | None:
     ans = answer_tag(response or "")
     if ans is None:
         ans = extract_final_answer(response or "")
-    if ans is None and mode == "flexible":
-        ans = last_number(response or "")
+    if mode == "flexible":  # the last number of the explicit answer ("(18)", "**18**", "9 + 9 = 18"), else of the reply
+        return last_number(ans if ans is not None else (response or "")) or ans
     return ans
 
 

@@ -155,6 +155,12 @@ def test_reasoning_gym_flexible_extraction_reads_the_last_number():
     assert verify_reasoning_gym("basic_arithmetic", f"<answer>{e['answer']}</answer> (checked 3 times)",
                                 e["answer"], flexible).score == 1.0
     assert verify_reasoning_gym("basic_arithmetic", "it is 98765", e["answer"], flexible).score == 0.0
+    # the explicit answer is read for its number too (seen in a real evaluation: "So, the answer is (18).")
+    for reply in (f"So, the answer is ({e['answer']}).", f"<answer>x = {e['answer']}</answer>"):
+        assert verify_reasoning_gym("basic_arithmetic", reply, e["answer"], flexible).score == 1.0, reply
+        assert verify_reasoning_gym("basic_arithmetic", reply, e["answer"], extra).score == 0.0, reply  # strict
+    # one number only: the last of the explicit answer
+    assert verify_reasoning_gym("basic_arithmetic", f"Answer: {e['answer']} or 98765", e["answer"], flexible).score == 0.0
     with pytest.raises(ValueError, match="answer_extraction='loose' is not one of strict, flexible"):
         verify_reasoning_gym("basic_arithmetic", reply, e["answer"], {**extra, "answer_extraction": "loose"})
 
