@@ -7,7 +7,7 @@ table of steps done and wall time per run.
 A run is a folder holding verl file-logger files (``metrics*.jsonl``, one JSON record per step, written when
 ``VERL_FILE_LOGGER_PATH`` is set) or one such file. verl's file logger truncates its file when a run starts, so a
 run resumed from a checkpoint should log to a new file in the same folder (the CPU comparison names them
-``metrics-<time>.jsonl``): the files are read in time order and, for a step logged twice (a step redone after
+``metrics-<YYYYmmdd-HHMMSS>.jsonl``): the files are read in name (= time) order and, for a step logged twice (a step redone after
 an interruption), the later record wins.
 
 Per step, the plot shows the training reward (``critic/score/mean``: the final-answer correctness of the sampled
@@ -47,11 +47,11 @@ class RunCurve:
 
 
 def metric_files(path: str) -> list[str]:
-    """The file-logger files of a run folder in time order (or [path] for a file)."""
+    """The file-logger files of a run folder in time order (or [path] for a file). The order is the names'
+    (``metrics-<YYYYmmdd-HHMMSS>.jsonl``), not modification times, which a copy or a git checkout resets."""
     if os.path.isfile(path):
         return [path]
-    files = glob.glob(os.path.join(path, "metrics*.jsonl"))
-    return sorted(files, key=lambda f: (os.path.getmtime(f), f))
+    return sorted(glob.glob(os.path.join(path, "metrics*.jsonl")))
 
 
 def load_run(label: str, path: str) -> RunCurve:
@@ -63,7 +63,7 @@ def load_run(label: str, path: str) -> RunCurve:
         raise FileNotFoundError(f"{path}: no metrics*.jsonl (verl's file logger output) found")
     for fname in files:
         with open(fname, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+            for line in f:
                 if not line.strip():
                     continue
                 try:
