@@ -25,7 +25,7 @@ DATA="$OUT/data"
 runs=()
 for teacher in $TEACHERS; do
   case "$teacher" in
-    template_nohint) args=(--teacher template --rl2f teacher.hints=false) ;;
+    template_nohint) args=(--teacher template --rl2f teacher.template.hints=false) ;;
     *) args=(--teacher "$teacher") ;;
   esac
   for mode in greedy sampled; do

@@ -23,15 +23,14 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
+from .config import LeakGuardConfig
 from .prompts import render_prompt
 from .tasks.base import Task, format_ground_truth
+from .teachers.base import CompleteFn
 
 logger = logging.getLogger(__name__)
-
-#: An async text completion: (chat messages, max_tokens, temperature) -> reply text.
-CompleteFn = Callable[[list[dict[str, str]], int, float], Awaitable[str]]
 
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\\text(?:bf|rm|it)?\b|\\mathrm\b")
 _SPACE = re.compile(r"\s+")
@@ -114,18 +113,21 @@ class LeakReport:
 
 
 class LeakGuard:
-    """Checks one trajectory's feedback against its ground truth (see the module docstring)."""
+    """Checks one trajectory's feedback against its ground truth (see the module docstring). Options: a
+    `LeakGuardConfig` (``rl2f.leak_guard``), or its fields as keywords (``check_spans=False``)."""
 
     def __init__(self, task: Task, ground_truth: Any, extra_info: dict | None = None, *,
-                 check_spans: bool = True, max_spans: int = 64, timeout_s: float = 10.0,
-                 llm_judge: bool = False, judge: CompleteFn | None = None, prompt_version: str = "v1"):
+                 config: LeakGuardConfig | None = None, judge: CompleteFn | None = None, prompt_version: str = "v1",
+                 **options: Any):
+        config = config if config is not None else LeakGuardConfig(**options)
+        self.config = config
         self.task = task
         self.ground_truth = ground_truth
         self.extra_info = extra_info or {}
-        self.check_spans = check_spans
-        self.max_spans = max_spans
-        self.timeout_s = timeout_s
-        self.llm_judge = llm_judge
+        self.check_spans = config.check_spans
+        self.max_spans = config.max_spans
+        self.timeout_s = config.timeout_s
+        self.llm_judge = config.llm_judge
         self.judge = judge
         self.prompt_version = prompt_version
         answers = [str(a) for a in task.answer_strings(ground_truth, self.extra_info) if str(a).strip()]

@@ -39,7 +39,7 @@ from verl.utils.config import omega_conf_to_dataclass
 
 from .losses import WM_CE_PER_TOKEN_METRIC, make_actor_loss, per_token_ce
 from .metrics import training_metrics
-from .schema import rl2f_section
+from .config import RL2FConfig
 
 logger = logging.getLogger("rl2f_plugin.trainer")
 
@@ -48,13 +48,7 @@ __all__ = ["RL2FTrainerSync", "RL2FTrainerColocateAsync", "build_actor_loss_fn",
 
 def build_actor_loss_fn(config: Any) -> Callable:
     """The actor loss for a full trainer config (what ``on_init_end`` sends with ``set_loss_fn``)."""
-    section = rl2f_section(config)
-    try:
-        coef = float(section["world_model"]["coef"])
-    except (TypeError, ValueError, KeyError):
-        raise ValueError(
-            f"rl2f.world_model.coef must be a number, got {section.get('world_model')!r}"
-        ) from None
+    coef = RL2FConfig.from_trainer_config(config).world_model.coef
     actor_cfg = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     distillation_config = None
     distillation = config.get("distillation") if hasattr(config, "get") else None

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from rl2f_plugin import schema
-from rl2f_plugin.agent_loops import AutodidactAgentLoop, DidacticAgentLoop, trajectory_reward
+from rl2f_plugin.agent_loops import AutodidactAgentLoop, DidacticAgentLoop
+from rl2f_plugin.reward_modes import trajectory_reward
+from rl2f_plugin.teachers import TeacherConfig
 from rl2f_plugin.agent_loops.testing import ScriptedServer, make_loop, qwen_style_tokenizer, smollm2_dir, smollm2_tokenizer, trainer_config
 from rl2f_plugin.tasks import Task, UnknownTaskError, VerifyResult, get_task, register_task
 from rl2f_plugin.teachers import TeacherError
@@ -103,8 +105,8 @@ def test_registered_in_verls_registry_and_built_by_hydra():
 
     agent = asyncio.run(go())
     assert isinstance(agent, DidacticAgentLoop)
-    assert agent.max_turns == 2 and agent.rl2f["gamma"] == 0.5 and agent.rl2f["teacher"]["name"] == "template"
-    assert agent.rl2f["teacher"]["max_tokens"] == schema.DEFAULTS["teacher"]["max_tokens"]
+    assert agent.max_turns == 2 and agent.rl2f.gamma == 0.5 and agent.rl2f.teacher.name == "template"
+    assert agent.rl2f.teacher.max_tokens == TeacherConfig().max_tokens
 
 
 @pytest.mark.parametrize("tok_name", TOKENIZERS)
@@ -177,7 +179,7 @@ def test_self_teacher_prompt_has_privileged_info_and_conversation():
     assert "Correct final answer: 5" in teacher_prompt  # task.privileged_info
     assert IntAnswerTask.teacher_guidance in teacher_prompt
     assert "What is 2 + 3?" in teacher_prompt and "### Student, attempt 1\n4" in teacher_prompt
-    assert server.calls[1]["sampling_params"]["max_tokens"] == schema.DEFAULTS["teacher"]["max_tokens"]
+    assert server.calls[1]["sampling_params"]["max_tokens"] == TeacherConfig().max_tokens
     assert server.calls[1]["sampling_params"]["logprobs"] is False
 
 

@@ -83,12 +83,12 @@ def test_arbitrary_texts_with_cut_markers_stay_exact(tok_name):
 
 @pytest.mark.parametrize("tok_name", TOKENIZERS)
 def test_framed_user_turn_equals_the_builders_incremental_tokens(tok_name):
-    from rl2f_plugin.agent_loops.didactic import _user_turn_frame
+    from rl2f_plugin.agent_loops.chat_template import user_turn_frame
 
     tok, builder_cls = _tok(tok_name)
     builder = builder_cls(tok)
     aux = AuxPromptTokenizer(builder)
-    frame = _user_turn_frame(builder)
+    frame = user_turn_frame(builder)
     assert frame is not None
     rng = random.Random(7)
     prev = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "4"}]

@@ -58,7 +58,7 @@ def ctx(task_name="math", gt="0.5", reply="I get 0.25", vr=None, extra_info=None
 # ---------------------------------------------------------------------------------------------------------------
 def test_registry():
     assert {"self", "openai", "execution", "template"} <= set(TEACHER_REGISTRY)
-    with pytest.raises(UnknownTeacherError, match=r"unknown teacher 'oracle' \(rl2f.teacher.name\); registered teachers: execution, openai"):
+    with pytest.raises(UnknownTeacherError, match=r"unknown teacher 'oracle' \(rl2f.teacher.name\); registered teachers: autodidact_critic, execution, openai"):
         build_teacher({"name": "oracle"})
 
     @register_teacher("rl2f_test_echo")
@@ -244,7 +244,7 @@ def test_template_teacher():
     assert asyncio.run(t.feedback(ctx())) == "Your final answer (0.25) is incorrect. It is too small. Check your reasoning step by step and try again."
     too_large = ctx(vr=VerifyResult(0.0, "3/4", "Wrong answer"))
     assert "It is too large." in asyncio.run(t.feedback(too_large))
-    plain = build_teacher({"name": "template", "hints": False})
+    plain = build_teacher({"name": "template", "template": {"hints": False}})
     assert asyncio.run(plain.feedback(ctx())) == "Your final answer (0.25) is incorrect. Wrong answer. Check your reasoning step by step and try again."
     # a verdict that only says "incorrect" is not repeated after "is incorrect."; no hint for non-numbers
     words = ctx(vr=VerifyResult(0.0, "a half", "incorrect"))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import schema
+from ..config import RL2FConfig
 from .transcript import json_safe, rebuild_turns
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ def build_trainer_config(recipe: str | None = None, overrides: list[str] | None 
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         cfg = compose(config_name=config_name, overrides=list(overrides or []))
     with open_dict(cfg):
-        merged = schema._deep_merge(schema.rl2f_section(cfg), rl2f or {})  # schema.DEFAULTS < recipe < rl2f
-        cfg.rl2f = OmegaConf.create(merged)
+        # defaults < recipe < `rl2f`, validated (errors name the key)
+        cfg.rl2f = OmegaConf.create(RL2FConfig.from_trainer_config(cfg, overrides=rl2f).to_dict())
         # the harness' rows come from one file, read as-is
         cfg.data.filter_overlong_prompts = False
     return cfg

@@ -1,10 +1,13 @@
-"""Teachers of the didactic loop: `self` (the policy with privileged information), `openai` (any
-OpenAI-compatible endpoint), `execution` (failing-test feedback for code), `template` (rule-based)."""
+"""Teachers of the didactic episode: `self` (the policy with privileged information), `openai` (any
+OpenAI-compatible endpoint), `execution` (failing-test feedback for code), `template` (rule-based) and
+`autodidact_critic` (the policy critiquing itself, no privileged information). Plugins: the ``rl2f.teachers``
+entry-point group."""
 
 from .base import (
     TEACHER_REGISTRY,
     CompleteFn,
     Teacher,
+    TeacherConfig,
     TeacherContext,
     TeacherError,
     UnknownTeacherError,
@@ -18,6 +21,7 @@ from .base import (
 from . import simple, openai_teacher, execution  # noqa: E402,F401  (register the built-in teachers)
 
 __all__ = [
-    "TEACHER_REGISTRY", "CompleteFn", "Teacher", "TeacherContext", "TeacherError", "UnknownTeacherError",
-    "build_teacher", "clean_feedback", "content_text", "get_teacher_class", "register_teacher", "render_conversation",
+    "TEACHER_REGISTRY", "CompleteFn", "Teacher", "TeacherConfig", "TeacherContext", "TeacherError",
+    "UnknownTeacherError", "build_teacher", "clean_feedback", "content_text", "get_teacher_class", "register_teacher",
+    "render_conversation",
 ]

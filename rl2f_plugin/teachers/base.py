@@ -2,27 +2,41 @@
 
     @register_teacher("my_teacher")
     class MyTeacher(Teacher):
+        @dataclass
+        class Options:              # optional: the teacher's own keys, under rl2f.teacher.my_teacher
+            style: str = "short"
+
         async def feedback(self, ctx: TeacherContext) -> str: ...
 
-A teacher turns the state of a didactic interaction (problem, conversation so far, the verifier's verdict on
-the latest answer, privileged information) into corrective feedback for the student. The agent loop builds one
-teacher per trajectory with `build_teacher` from the ``rl2f.teacher`` config section; ``name`` selects the
-class, the other keys are its options (sub-sections ``openai:``/``execution:`` hold teacher-specific keys).
+A teacher turns the state of a didactic episode (problem, conversation so far, the verifier's verdict on the
+latest answer, privileged information) into corrective feedback for the student. The episode gets one teacher per
+trajectory from `build_teacher` and the ``rl2f.teacher`` section (`rl2f_plugin.config.TeacherConfig`): ``name``
+selects the class, ``max_tokens``/``temperature``/``prompt_version`` apply to all, and a sub-section named after
+the teacher holds its ``Options``. Third-party packages register teachers through the ``rl2f.teachers``
+entry-point group (the target is imported; a `Teacher` subclass is registered under the entry point's name).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from importlib.metadata import entry_points
+from typing import Any, Awaitable, Callable, ClassVar
 
+from ..dataclass_config import ConfigError, build_options, require
 from ..prompts import render_prompt
 from ..tasks.base import Task, VerifyResult
+
+logger = logging.getLogger(__name__)
 
 #: Async text completion: (chat messages, max_tokens, temperature) -> reply text.
 CompleteFn = Callable[[list[dict[str, str]], int, float], Awaitable[str]]
 
 TEACHER_REGISTRY: dict[str, type["Teacher"]] = {}
+ENTRY_POINT_GROUP = "rl2f.teachers"
+_ENTRY_POINTS_LOADED = False
 
 
 class TeacherError(RuntimeError):
@@ -48,7 +62,25 @@ def register_teacher(name: str):
     return decorator
 
 
+def load_teacher_entry_points() -> None:
+    """Import every ``rl2f.teachers`` entry point once; failures are logged as warnings, never raised."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            target = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken third-party teacher must not break the others
+            logger.warning("rl2f: could not load teacher plugin %r (%s): %s: %s", ep.name, ep.value, type(exc).__name__, exc)
+            continue
+        if ep.name not in TEACHER_REGISTRY and isinstance(target, type) and issubclass(target, Teacher):
+            register_teacher(ep.name)(target)
+
+
 def get_teacher_class(name: str) -> type["Teacher"]:
+    if name not in TEACHER_REGISTRY:
+        load_teacher_entry_points()
     if name not in TEACHER_REGISTRY:
         raise UnknownTeacherError(
             f"unknown teacher {name!r} (rl2f.teacher.name); registered teachers: {', '.join(sorted(TEACHER_REGISTRY))}"
@@ -56,9 +88,63 @@ def get_teacher_class(name: str) -> type["Teacher"]:
     return TEACHER_REGISTRY[name]
 
 
-def build_teacher(config: dict, *, policy_complete: CompleteFn | None = None) -> "Teacher":
-    """Instantiate the teacher named by ``config["name"]`` with the whole ``rl2f.teacher`` section."""
-    return get_teacher_class(str(config.get("name", "self")))(config, policy_complete=policy_complete)
+def build_teacher(config: TeacherConfig | Mapping[str, Any], *, policy_complete: CompleteFn | None = None) -> "Teacher":
+    """Instantiate the teacher named by ``config.name`` (a `TeacherConfig`, or the ``rl2f.teacher`` mapping)."""
+    if not isinstance(config, TeacherConfig):
+        config = build_options(TeacherConfig, config, "rl2f.teacher")
+    return get_teacher_class(config.name)(config, policy_complete=policy_complete)
+
+
+@dataclass
+class TeacherConfig:
+    """``rl2f.teacher``: which teacher writes the feedback and how. Keys other than the four below are sub-sections
+    named after a teacher (``openai:``, ``execution:``, ``template:``) holding that teacher's options; they are
+    checked against the teacher's ``Options`` dataclass by `options_for`, which `RL2FConfig` calls for the chosen
+    teacher at construction."""
+
+    _extra_keys_allowed = True
+
+    name: str = "self"              # a registered teacher: self | template | openai | execution | a plugin's
+    max_tokens: int = 256
+    temperature: float = 0.7
+    prompt_version: str = "v1"      # prompts/<name>_<version>.txt
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Teacher sub-sections by teacher name (raw; see `options_for`)."""
+
+    def __post_init__(self):
+        require(self.max_tokens >= 1, "rl2f.teacher.max_tokens", "an integer >= 1", self.max_tokens)
+        require(self.temperature >= 0, "rl2f.teacher.temperature", "a number >= 0", self.temperature)
+
+    def options_for(self, teacher_name: str) -> Any:
+        """The validated options of teacher `teacher_name` (its ``Options`` dataclass; None if it has none)."""
+        options_cls = getattr(get_teacher_class(teacher_name), "Options", None)
+        section = self.extra.get(teacher_name)
+        if options_cls is None:
+            if section:
+                raise ConfigError(f"rl2f.teacher.{teacher_name}: teacher {teacher_name!r} takes no options")
+            return None
+        return build_options(options_cls, section, f"rl2f.teacher.{teacher_name}")
+
+    def validate(self) -> None:
+        """Every sub-section names a registered teacher and holds valid options for it."""
+        try:
+            get_teacher_class(self.name)
+        except UnknownTeacherError as exc:
+            raise ConfigError(str(exc)) from None
+        for key in self.extra:
+            try:
+                get_teacher_class(key)
+            except UnknownTeacherError:
+                known = ["name", "max_tokens", "temperature", "prompt_version"]
+                raise ConfigError(f"rl2f.teacher.{key}: unknown key; known keys: {', '.join(known)}, or a "
+                                  f"registered teacher's options section") from None
+            self.options_for(key)
+        self.options_for(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("name", "max_tokens", "temperature", "prompt_version")}
+        out.update(self.extra)
+        return out
 
 
 @dataclass
@@ -75,7 +161,6 @@ class TeacherContext:
     turn: int
     attempt: int = 0
     """0 for the first try; k for the k-th regeneration after a leak."""
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def latest_answer(self) -> str:
@@ -87,18 +172,20 @@ class TeacherContext:
 
 class Teacher:
     """Base class. Subclasses implement `feedback`; LLM-backed ones also `complete` (used by the leak judge
-    and by teachers that rewrite other feedback)."""
+    and by teachers that rewrite other feedback). A subclass may declare an ``Options`` dataclass: its
+    validated instance (from ``rl2f.teacher.<name>``) is ``self.options``."""
 
     name: str = "base"
-    #: Whether this teacher calls an LLM (the loop measures its latency either way).
-    uses_llm: bool = False
+    Options: ClassVar[type | None] = None
 
-    def __init__(self, config: dict, *, policy_complete: CompleteFn | None = None):
-        self.config = dict(config)
+    def __init__(self, config: TeacherConfig | None = None, *, policy_complete: CompleteFn | None = None):
+        self.config = config if config is not None else TeacherConfig(name=self.name)
         self.policy_complete = policy_complete
-        self.prompt_version = str(self.config.get("prompt_version", "v1"))
-        self.max_tokens = int(self.config.get("max_tokens", 256))
-        self.temperature = float(self.config.get("temperature", 0.7))
+        self.prompt_version = self.config.prompt_version
+        self.max_tokens = self.config.max_tokens
+        self.temperature = self.config.temperature
+        self.options = (build_options(self.Options, self.config.extra.get(self.name), f"rl2f.teacher.{self.name}")
+                        if self.Options is not None else None)
 
     async def feedback(self, ctx: TeacherContext) -> str:
         raise NotImplementedError

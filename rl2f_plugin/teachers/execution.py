@@ -9,12 +9,11 @@ present): ``status``, ``tests_passed`` / ``tests_total``, ``failing_test``, ``in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..prompts import render_prompt
 from .base import Teacher, TeacherContext, clean_feedback, get_teacher_class, register_teacher
-
-EXECUTION_DEFAULTS: dict[str, Any] = {"rewrite_with": None, "max_detail_chars": 1500}
 
 _LABELS = (
     (("failing_test", "test", "test_case"), "Failing test"),
@@ -58,20 +57,23 @@ def execution_report(details: dict[str, Any], reason: str, max_chars: int = 1500
 
 @register_teacher("execution")
 class ExecutionTeacher(Teacher):
-    def __init__(self, config: dict, **kwargs):
+    @dataclass
+    class Options:
+        rewrite_with: str | None = None  # an LLM teacher (self | openai) that rewrites the report into prose
+        max_detail_chars: int = 1500     # each detail (test, expected, got, error) clipped to this length
+
+    def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.opts = {**EXECUTION_DEFAULTS, **(self.config.get("execution") or {})}
-        rewrite_with = self.opts["rewrite_with"]
+        rewrite_with = self.options.rewrite_with
         self.rewriter: Teacher | None = None
         if rewrite_with:
             if rewrite_with == "execution":
                 raise ValueError("rl2f.teacher.execution.rewrite_with cannot be 'execution'")
-            self.rewriter = get_teacher_class(str(rewrite_with))(config, **kwargs)
-            self.uses_llm = True
+            self.rewriter = get_teacher_class(rewrite_with)(self.config, **kwargs)
 
     async def feedback(self, ctx: TeacherContext) -> str:
         vr = ctx.verify_result
-        summary, details = execution_report(vr.details or {}, vr.reason or "", int(self.opts["max_detail_chars"]))
+        summary, details = execution_report(vr.details or {}, vr.reason or "", self.options.max_detail_chars)
         report = render_prompt("execution_feedback", self.prompt_version, summary=summary, details=details)
         if self.rewriter is None:
             return clean_feedback(report, who=self.name)

@@ -13,23 +13,13 @@ import asyncio
 import logging
 import os
 import weakref
-from typing import Any
+from dataclasses import dataclass
 
 import httpx
 
 from .base import Teacher, TeacherContext, TeacherError, clean_feedback, register_teacher
 
 logger = logging.getLogger(__name__)
-
-OPENAI_DEFAULTS: dict[str, Any] = {
-    "base_url": None,
-    "model": None,
-    "api_key_env": "OPENAI_API_KEY",
-    "timeout_s": 60.0,
-    "max_retries": 3,
-    "backoff_s": 0.5,
-    "max_concurrency": 32,
-}
 
 #: event loop -> {(base_url, max_concurrency): (client, semaphore)}; one pool per loop and endpoint.
 _POOLS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
@@ -51,22 +41,30 @@ class _Retryable(Exception):
 
 @register_teacher("openai")
 class OpenAITeacher(Teacher):
-    uses_llm = True
+    @dataclass
+    class Options:
+        base_url: str | None = None          # e.g. http://host:8000/v1 (required)
+        model: str | None = None             # required
+        api_key_env: str | None = "OPENAI_API_KEY"  # name of the environment variable holding the key
+        timeout_s: float = 60.0              # per request
+        max_retries: int = 3                 # on connection errors, timeouts, HTTP 429 and 5xx
+        backoff_s: float = 0.5               # exponential
+        max_concurrency: int = 32            # requests in flight per process and endpoint
 
-    def __init__(self, config: dict, **kwargs):
+    def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        opts = {**OPENAI_DEFAULTS, **(self.config.get("openai") or {})}
-        if not opts["base_url"]:
+        opts = self.options
+        if not opts.base_url:
             raise ValueError("rl2f.teacher.openai.base_url is required for the 'openai' teacher (e.g. http://host:8000/v1)")
-        if not opts["model"]:
+        if not opts.model:
             raise ValueError("rl2f.teacher.openai.model is required for the 'openai' teacher")
-        self.url = str(opts["base_url"]).rstrip("/") + "/chat/completions"
-        self.model = str(opts["model"])
-        self.api_key = os.environ.get(str(opts["api_key_env"])) if opts["api_key_env"] else None
-        self.timeout_s = float(opts["timeout_s"])
-        self.max_retries = int(opts["max_retries"])
-        self.backoff_s = float(opts["backoff_s"])
-        self.max_concurrency = int(opts["max_concurrency"])
+        self.url = opts.base_url.rstrip("/") + "/chat/completions"
+        self.model = opts.model
+        self.api_key = os.environ.get(opts.api_key_env) if opts.api_key_env else None
+        self.timeout_s = opts.timeout_s
+        self.max_retries = opts.max_retries
+        self.backoff_s = opts.backoff_s
+        self.max_concurrency = opts.max_concurrency
         self.attempts_made = 0
 
     async def feedback(self, ctx: TeacherContext) -> str:

@@ -1,0 +1,270 @@
+"""One didactic episode (RL²F), as text: the interaction a student has with a verifier and a teacher.
+
+    episode = DidacticEpisode.from_sample(row, config, teacher=build_teacher(config.teacher))
+    step = await episode.step(student_reply)          # verify; if wrong, feedback through the leak guard
+    while not step.done:
+        step = await episode.step(await student(episode.messages + [user(step.feedback)]))
+    step.record.reward, step.record.turns[0].verdict, ...
+
+A step takes the student's reply and
+1. verifies it with the task's verifier (off the event loop, time-bounded: a timeout is a wrong answer);
+2. ends the episode if it is correct, if the caller says there is no room for another reply (``can_continue``)
+   or if it was the K-th reply (``rl2f.max_turns``);
+3. otherwise asks the teacher for feedback, checks it with the leak guard (regenerating up to
+   ``leak_guard.max_regenerations`` times, then falling back to the safe generic feedback) and returns it; it
+   becomes the next user turn when the next reply is stepped. A failing teacher is handled by
+   ``rl2f.on_teacher_error`` (fallback feedback, stop, or raise).
+
+The episode knows no tokens; the verl agent loops (`rl2f_plugin.agent_loops.didactic`) turn it into token ids and
+masks, and may end it early with `end(truncated=True)` when the response budget runs out. Its `EpisodeRecord`
+(turns, verdicts, leaks, teacher errors, timings, reward) gives the trajectory's ``extra_fields`` and the metrics'
+`TrajectoryRecord`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import schema
+from .config import RL2FConfig, plain
+from .leak_guard import LeakGuard
+from .metrics import TrajectoryRecord
+from .prompts import render_prompt
+from .reward_modes import trajectory_reward
+from .tasks import Task, VerifyResult, get_task
+from .teachers import Teacher, TeacherContext, TeacherError, content_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DidacticEpisode", "EpisodeRecord", "Step", "TurnRecord", "problem_text"]
+
+
+@dataclass
+class TurnRecord:
+    """One student reply, its verdict, and the feedback written after it (if any)."""
+
+    reply: str
+    verdict: VerifyResult
+    verify_s: float = 0.0
+    feedback: str | None = None
+    """The feedback written after this reply (None: the episode ended, or the teacher failed with on_teacher_error=stop)."""
+    delivered: bool = False
+    """The feedback reached the student (False when the episode was cut before the next reply)."""
+    leaks: int = 0
+    """Leaks the guard caught while this feedback was written (each caused a regeneration or the fallback)."""
+    fell_back: bool = False
+    """The safe generic feedback was used after ``max_regenerations`` leaks."""
+    teacher_error: str | None = None
+    teacher_s: float = 0.0
+
+
+@dataclass
+class EpisodeRecord:
+    """Everything that happened in one episode."""
+
+    task: str
+    max_turns: int
+    turns: list[TurnRecord] = field(default_factory=list)
+    truncated: bool = False
+    reward: float = 0.0
+
+    @property
+    def turn_correct(self) -> list[int]:
+        return [int(t.verdict.correct) for t in self.turns]
+
+    @property
+    def solved_at(self) -> int:
+        """1-based turn of the first correct reply, 0 if none."""
+        return next((i for i, t in enumerate(self.turns, start=1) if t.verdict.correct), 0)
+
+    @property
+    def feedback_turns(self) -> int:
+        return sum(t.delivered for t in self.turns)
+
+    @property
+    def final_reply(self) -> str:
+        return self.turns[-1].reply if self.turns else ""
+
+    def trajectory_record(self, data_source: str | None = None, feedback_tokens: int = 0) -> TrajectoryRecord:
+        """The record `rl2f_plugin.metrics` computes cumulative accuracy, leak rate, ... from."""
+        return TrajectoryRecord(
+            solved_at_turn=self.solved_at, num_student_turns=len(self.turns), max_turns=self.max_turns,
+            leaks=sum(t.leaks for t in self.turns), leaked_turns=sum(t.fell_back for t in self.turns),
+            feedback_tokens=feedback_tokens, feedback_turns=self.feedback_turns, data_source=data_source or self.task)
+
+    def extra_fields(self, feedback_tokens: int = 0) -> dict[str, Any]:
+        """The trajectory's ``extra_fields`` (`rl2f_plugin.schema` keys), read by metrics, loss and evaluation."""
+        solved, k = self.solved_at, self.max_turns
+        leaks, fell_back = sum(t.leaks for t in self.turns), sum(t.fell_back for t in self.turns)
+        teacher_errors = sum(t.teacher_error is not None for t in self.turns)
+        return {
+            schema.EF_TURN_CORRECT: self.turn_correct,
+            schema.EF_TURN_SCORES: [float(t.verdict.score) for t in self.turns],
+            schema.EF_SOLVED_AT_TURN: solved,
+            schema.EF_NUM_STUDENT_TURNS: len(self.turns),
+            schema.EF_LEAK_COUNT: leaks,
+            schema.EF_LEAKED_TURNS: fell_back,
+            schema.EF_FEEDBACK_TURNS: self.feedback_turns,
+            schema.EF_FEEDBACK_TOKENS: int(feedback_tokens),
+            schema.EF_TEACHER_LATENCY: float(sum(t.teacher_s for t in self.turns)),
+            schema.EF_TRUNCATED: int(self.truncated),
+            schema.EF_TASK: self.task,
+            schema.EF_MAX_TURNS: k,
+            schema.EF_TEACHER_ERRORS: teacher_errors,
+            schema.EF_FINAL_RESPONSE: self.final_reply,
+            schema.REWARD_EXTRA_INFO: {
+                "score": self.reward,
+                "acc": float(self.turns[-1].verdict.correct) if self.turns else 0.0,
+                **{f"acc_turn{t}": float(0 < solved <= t) for t in range(1, k + 1)},
+                "solved_turn": float(solved),
+                "num_student_turns": float(len(self.turns)),
+                "leaks": float(leaks),
+                "leaked_turns": float(fell_back),
+                "teacher_errors": float(teacher_errors),
+                "truncated": float(self.truncated),
+            },
+        }
+
+
+@dataclass
+class Step:
+    """What `DidacticEpisode.step` returns: the next feedback, or the end of the episode."""
+
+    done: bool
+    feedback: str | None
+    """The next user turn (when not done)."""
+    record: EpisodeRecord
+
+    @property
+    def reward(self) -> float:
+        return self.record.reward
+
+
+class DidacticEpisode:
+    """A student, a verifier and a teacher with privileged information, for at most K student replies."""
+
+    def __init__(self, *, task: Task, ground_truth: Any, extra_info: Mapping[str, Any] | None,
+                 messages: list[dict[str, Any]], config: RL2FConfig, teacher: Teacher, leak_guard: bool = True):
+        self.task, self.ground_truth, self.extra_info = task, ground_truth, dict(extra_info or {})
+        self.config, self.teacher = config, teacher
+        self.messages: list[dict[str, Any]] = [dict(m) for m in messages]
+        """The conversation so far (chat messages; the latest feedback joins it when the next reply is stepped)."""
+        self.problem = problem_text(self.extra_info, self.messages)
+        lg = config.leak_guard
+        self.guard = (LeakGuard(task, ground_truth, self.extra_info, config=lg, judge=teacher.complete,
+                                prompt_version=config.teacher.prompt_version) if leak_guard and lg.enable else None)
+        self.record = EpisodeRecord(task=task.name, max_turns=config.max_turns)
+        self.done = False
+
+    @classmethod
+    def from_sample(cls, sample: Mapping[str, Any], config: RL2FConfig, *, teacher: Teacher,
+                    leak_guard: bool = True) -> "DidacticEpisode":
+        """The episode of one dataset row as verl's ``RLHFDataset`` yields it (``raw_prompt``, ``reward_model``,
+        ``extra_info``, ``data_source``, ``index``); a row missing a field raises naming the row and the field."""
+        where = f"sample index={sample.get('index')!r}"
+        extra_info = dict(plain(sample.get("extra_info")) or {})
+        task_name = extra_info.get("task") or sample.get("data_source")
+        if not task_name:
+            raise ValueError(f"rl2f: {where} has neither extra_info.task nor data_source; cannot pick a task/verifier")
+        reward_model = plain(sample.get("reward_model")) or {}
+        if "ground_truth" not in reward_model:
+            raise ValueError(f"rl2f: {where} (task {task_name!r}) has no reward_model.ground_truth")
+        if "raw_prompt" not in sample:
+            raise ValueError(f"rl2f: {where} has no raw_prompt (set data.return_raw_chat=True)")
+        return cls(task=get_task(str(task_name)), ground_truth=reward_model["ground_truth"], extra_info=extra_info,
+                   messages=list(plain(list(sample["raw_prompt"]))), config=config, teacher=teacher,
+                   leak_guard=leak_guard)
+
+    # ------------------------------------------------------------------------------------------------------------
+    async def step(self, reply: str, *, can_continue: bool = True) -> Step:
+        """Take the student's next reply; return the feedback to show it, or the end (see the module docstring).
+        ``can_continue=False``: the caller has no room for another reply (the episode ends truncated if wrong)."""
+        if self.done:
+            raise RuntimeError("step() called on a finished episode")
+        turns = self.record.turns
+        if turns and turns[-1].feedback is not None:  # the previous feedback reached the student
+            self.messages.append({"role": "user", "content": turns[-1].feedback})
+            turns[-1].delivered = True
+        self.messages.append({"role": "assistant", "content": reply})
+        t0 = time.perf_counter()
+        verdict = await self._verify(reply)
+        turn = TurnRecord(reply=reply, verdict=verdict, verify_s=time.perf_counter() - t0)
+        turns.append(turn)
+        if verdict.correct:
+            return self.end()
+        if not can_continue:
+            return self.end(truncated=True)
+        if len(turns) >= self.config.max_turns:
+            return self.end()
+        t0 = time.perf_counter()
+        await self._write_feedback(turn)
+        turn.teacher_s = time.perf_counter() - t0
+        if turn.feedback is None:  # the teacher failed and on_teacher_error == "stop"
+            return self.end()
+        return Step(done=False, feedback=turn.feedback, record=self.record)
+
+    def end(self, *, truncated: bool = False) -> Step:
+        """End the episode (also: the caller could not fit the pending feedback or another reply)."""
+        self.done = True
+        self.record.truncated = self.record.truncated or truncated
+        self.record.reward = trajectory_reward(self.record.turn_correct, self.config.reward_mode, self.config.gamma)
+        return Step(done=True, feedback=None, record=self.record)
+
+    # ------------------------------------------------------------------------------------------------------------
+    async def _verify(self, reply: str) -> VerifyResult:
+        timeout = self.config.verify_timeout_s
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self.task.verify, reply, self.ground_truth, self.extra_info), timeout=timeout)
+        except asyncio.TimeoutError:
+            return VerifyResult(score=0.0, reason=f"verifier timeout after {timeout:g}s")
+        except Exception as exc:  # noqa: BLE001 - the contract says verify never raises; be safe anyway
+            logger.warning("rl2f: task %r verify raised %s: %s (scored 0)", self.task.name, type(exc).__name__, exc)
+            return VerifyResult(score=0.0, reason=f"verifier error: {type(exc).__name__}")
+
+    def safe_feedback(self) -> str:
+        return render_prompt("safe_feedback", self.config.teacher.prompt_version)
+
+    async def _write_feedback(self, turn: TurnRecord) -> None:
+        """The teacher's feedback on `turn` through the leak guard, into ``turn.feedback`` (None = stop)."""
+        ctx = TeacherContext(task=self.task, problem=self.problem, ground_truth=self.ground_truth,
+                             extra_info=self.extra_info, messages=list(self.messages), verify_result=turn.verdict,
+                             turn=len(self.record.turns))
+        timeout, policy = self.config.teacher_timeout_s, self.config.on_teacher_error
+        for attempt in range(self.config.leak_guard.max_regenerations + 1):
+            ctx.attempt = attempt
+            try:
+                text = await asyncio.wait_for(self.teacher.feedback(ctx), timeout=timeout)
+            except (TeacherError, asyncio.TimeoutError) as exc:
+                turn.teacher_error = str(exc) or f"teacher timed out after {timeout:g}s"
+                if policy == "raise":
+                    raise TeacherError(f"rl2f: teacher {self.teacher.name!r} failed at turn {ctx.turn}: "
+                                       f"{turn.teacher_error}") from exc
+                logger.warning("rl2f: teacher %r failed at turn %d (%s); %s", self.teacher.name, ctx.turn,
+                               turn.teacher_error, "using the safe generic feedback" if policy == "fallback"
+                               else "ending the episode")
+                turn.feedback = self.safe_feedback() if policy == "fallback" else None
+                return
+            if self.guard is None:
+                turn.feedback = text
+                return
+            report = await self.guard.acheck(text)
+            if not report.leaked:
+                turn.feedback = text
+                return
+            turn.leaks += 1
+            logger.info("rl2f leak guard: feedback at turn %d attempt %d leaked (%s)", ctx.turn, attempt,
+                        ", ".join(report.reasons))
+        turn.feedback, turn.fell_back = self.safe_feedback(), True
+
+
+def problem_text(extra_info: Mapping[str, Any], messages: list[dict[str, Any]]) -> str:
+    """The problem statement: ``extra_info.problem`` / ``question``, else the first user message."""
+    if extra_info.get("problem") or extra_info.get("question"):
+        return str(extra_info.get("problem") or extra_info.get("question"))
+    return next((content_text(m.get("content")) for m in messages if m.get("role") == "user"), "")
