@@ -9,7 +9,8 @@ Definitions (one trajectory = one didactic interaction of at most K student turn
 * ``solved_at_turn``: 1-based student turn of the first correct answer, 0 if never correct.
 * cumulative accuracy at turn k (the paper's metric, non-decreasing in k): fraction of trajectories with
   ``0 < solved_at_turn <= k``, for k = 1..K where K is the largest turn budget in the batch (a trajectory with
-  a smaller budget counts as unsolved at its later turns only if it was never solved).
+  a smaller budget counts as unsolved at its later turns only if it was never solved). With ``weights`` (the
+  evaluation report gives each sample of a problem 1/samples), every problem counts once.
 * solve rate: fraction solved at any turn (= cumulative accuracy at K).
 * turns to solve: mean ``solved_at_turn`` over solved trajectories (NaN-free: omitted when none is solved).
 * mean student turns: mean number of student answers per trajectory.
@@ -29,6 +30,7 @@ Metric names: ``{prefix}/acc_turn{k}``, ``{prefix}/solve_rate``, ``{prefix}/turn
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,8 +45,11 @@ __all__ = [
     "cumulative_accuracy",
     "solve_rate",
     "turns_to_solve",
+    "mean_student_turns",
+    "teacher_generations",
     "leak_rate",
     "summarize",
+    "format_metric",
     "training_metrics",
 ]
 
@@ -126,19 +131,28 @@ def record_from_extra_fields(
 
 
 # --- the metrics themselves ------------------------------------------------------------------------------------
-def cumulative_accuracy(solved_at_turns: Sequence[int], max_turns: int) -> list[float]:
-    """Fraction of trajectories solved at or before turn k, for k = 1..max_turns (non-decreasing)."""
+def cumulative_accuracy(
+    solved_at_turns: Sequence[int], max_turns: int, weights: Sequence[float] | None = None
+) -> list[float]:
+    """Fraction of trajectories solved at or before turn k, for k = 1..max_turns (non-decreasing).
+
+    ``weights`` (one per trajectory, > 0) makes it the weighted fraction: with 1/(samples of the problem) for
+    every sample, it is the mean over problems of each problem's fraction.
+    """
     n = len(solved_at_turns)
-    if n == 0:
+    if weights is not None and len(weights) != n:
+        raise ValueError(f"{len(weights)} weights for {n} trajectories")
+    total = n if weights is None else sum(weights)
+    if n == 0 or total <= 0:
         return [float("nan")] * max_turns
     counts = [0] * (max_turns + 1)
-    for s in solved_at_turns:
+    for s, w in zip(solved_at_turns, weights if weights is not None else itertools.repeat(1)):
         if 0 < s <= max_turns:
-            counts[s] += 1
+            counts[s] += w
     out, running = [], 0
     for k in range(1, max_turns + 1):
         running += counts[k]
-        out.append(running / n)
+        out.append(running / total)
     return out
 
 
@@ -153,12 +167,22 @@ def turns_to_solve(solved_at_turns: Sequence[int]) -> float:
     return sum(solved) / len(solved) if solved else float("nan")
 
 
+def mean_student_turns(records: Sequence[TrajectoryRecord]) -> float:
+    """Mean number of student answers per trajectory (NaN for no trajectories)."""
+    return sum(r.num_student_turns for r in records) / len(records) if records else float("nan")
+
+
+def teacher_generations(records: Iterable[TrajectoryRecord]) -> int:
+    """Teacher generations the leak guard checked: feedback turns plus the regenerations caught leaks caused
+    (``feedback_turns + leaks - leaked_turns``, see the module docstring); the leak rate's denominator."""
+    return sum(r.n_feedback_turns + r.leaks - r.leaked_turns for r in records)
+
+
 def leak_rate(records: Iterable[TrajectoryRecord]) -> float:
     """Leaks caught / teacher generations (see the module docstring); NaN when no teacher generation happened."""
-    leaks = gens = 0
-    for r in records:
-        leaks += r.leaks
-        gens += r.n_feedback_turns + r.leaks - r.leaked_turns
+    records = list(records)
+    leaks = sum(r.leaks for r in records)
+    gens = teacher_generations(records)
     return leaks / gens if gens > 0 else float("nan")
 
 
@@ -172,7 +196,7 @@ def _group_metrics(records: Sequence[TrajectoryRecord], prefix: str) -> dict[str
     tts = turns_to_solve(solved)
     if not math.isnan(tts):
         out[f"{prefix}/turns_to_solve"] = tts
-    out[f"{prefix}/mean_student_turns"] = sum(r.num_student_turns for r in records) / len(records)
+    out[f"{prefix}/mean_student_turns"] = mean_student_turns(records)
     lr = leak_rate(records)
     fb_turns = sum(r.n_feedback_turns for r in records)
     if not math.isnan(lr):
@@ -227,3 +251,11 @@ def training_metrics(
         if rec is not None:
             records.append(rec)
     return summarize(records, prefix=prefix)
+
+
+def format_metric(value: Any, digits: int = 3, nan: str = "-") -> str:
+    """A metric for a table or a log line: ``digits`` decimals, "-" for None (not measured), `nan` for NaN."""
+    if value is None:
+        return "-"
+    value = float(value)
+    return nan if math.isnan(value) else f"{value:.{digits}f}"

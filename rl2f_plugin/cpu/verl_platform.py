@@ -23,7 +23,7 @@ import contextlib
 import os
 import resource
 import types
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -33,13 +33,18 @@ from verl.plugin.platform.platform_manager import PlatformRegistry
 PLATFORM_NAME = "cpu"
 
 
-def _rss_bytes() -> int:
+def _psutil_bytes(read: Callable[[Any], int]) -> int:
+    """``read(psutil)`` as an int; 0 when psutil is missing or fails."""
     try:
         import psutil
 
-        return int(psutil.Process(os.getpid()).memory_info().rss)
+        return int(read(psutil))
     except Exception:  # noqa: BLE001
         return 0
+
+
+def _rss_bytes() -> int:
+    return _psutil_bytes(lambda psutil: psutil.Process(os.getpid()).memory_info().rss)
 
 
 def _peak_rss_bytes() -> int:
@@ -48,21 +53,11 @@ def _peak_rss_bytes() -> int:
 
 
 def _total_memory_bytes() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except Exception:  # noqa: BLE001
-        return 0
+    return _psutil_bytes(lambda psutil: psutil.virtual_memory().total)
 
 
 def _available_memory_bytes() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001
-        return 0
+    return _psutil_bytes(lambda psutil: psutil.virtual_memory().available)
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
