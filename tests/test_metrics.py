@@ -127,3 +127,17 @@ def test_summarize_for_the_eval_harness():
     assert m["eval/acc_turn10"] == 3 / 4 and m["eval/acc_turn4"] == 1 / 4
     assert not any(k.startswith("eval/hardmath2") for k in m)
     assert summarize([]) == {}
+
+
+def test_weighted_cumulative_accuracy_counts_each_problem_once():
+    from rl2f_plugin.metrics import cumulative_accuracy, format_metric, mean_student_turns, teacher_generations
+
+    # problem A: two samples, one solved at turn 1; problem B: one sample solved at turn 2
+    assert cumulative_accuracy([1, 0, 2], 2, weights=[0.5, 0.5, 1.0]) == [0.25, 0.75]
+    assert cumulative_accuracy([1, 0, 2], 2) == [1 / 3, 2 / 3]
+    with pytest.raises(ValueError, match="2 weights for 3 trajectories"):
+        cumulative_accuracy([1, 0, 2], 2, weights=[1, 1])
+    recs = [TrajectoryRecord(solved_at_turn=0, num_student_turns=3, max_turns=3, leaks=2, leaked_turns=1, feedback_turns=2),
+            TrajectoryRecord(solved_at_turn=1, num_student_turns=1, max_turns=3)]
+    assert teacher_generations(recs) == 3 and mean_student_turns(recs) == 2.0
+    assert (format_metric(0.12345), format_metric(None), format_metric(float("nan"), nan="nan")) == ("0.123", "-", "nan")
