@@ -1,5 +1,8 @@
 """Entry point of a verifier worker process (see `reward_fns.worker_pool`). Not for direct use.
 
+Usage: ``python -m reward_fns._pool_worker MEMORY_MB [JOBS_MODULE]``; `JOBS` maps a job name to a function of
+its ``args`` dict; a ``JOBS_MODULE`` (an importable module with its own ``JOBS`` dict) adds jobs.
+
 Protocol (JSON lines on stdin/stdout):
   worker -> {"ready": true}                                    once, after start-up
   parent -> {"id", "fn", "args", "preload", "soft_timeout"}
@@ -21,7 +24,6 @@ import os
 import resource
 import signal
 import sys
-import time
 
 
 class JobTimeout(BaseException):
@@ -33,43 +35,22 @@ def _on_alarm(signum, frame):
 
 
 def _job_math(args: dict) -> dict:
-    from reward_fns.math_verifier import _check_in_worker
+    from reward_fns.math_verifier import check_in_worker
 
-    return _check_in_worker(args["gold"], args["pred"])
+    return check_in_worker(args["gold"], args["pred"])
 
 
 def _job_rg(args: dict) -> dict:
-    from reward_fns.reasoning_gym_verifier import _score_in_worker
+    from reward_fns.reasoning_gym_verifier import score_in_worker
 
-    return _score_in_worker(args["generator"], args["answer"], args.get("entry"), args.get("config"),
-                            args.get("index"), args.get("ground_truth"))
-
-
-def _job_test_block(args: dict) -> dict:
-    """Test helper: sleep with SIGALRM blocked, i.e. a job only the parent's hard kill can stop."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    time.sleep(float(args.get("seconds", 60)))
-    return {"slept": True}
-
-
-def _job_test_echo(args: dict) -> dict:
-    if args.get("print"):  # a chatty library must not break the protocol
-        print(args["print"])
-        os.write(1, b"raw fd write\n")
-    return {"echo": args, "pid": os.getpid()}
-
-
-def _job_test_spin(args: dict) -> dict:
-    """Test helper: a pure-Python busy loop the soft alarm can interrupt."""
-    n = 0
-    while True:
-        n += 1
+    return score_in_worker(args["generator"], args["answer"], args.get("entry"), args.get("config"),
+                           args.get("index"), args.get("ground_truth"))
 
 
 def _prepare_rg(args: dict) -> None:
-    from reward_fns.reasoning_gym_verifier import _prepare_in_worker
+    from reward_fns.reasoning_gym_verifier import prepare_in_worker
 
-    _prepare_in_worker(args["generator"], args.get("config"))
+    prepare_in_worker(args["generator"], args.get("config"))
 
 
 PREPARE = {"rg": _prepare_rg}
@@ -77,9 +58,6 @@ PREPARE = {"rg": _prepare_rg}
 JOBS = {
     "math": _job_math,
     "rg": _job_rg,
-    "test_block": _job_test_block,
-    "test_echo": _job_test_echo,
-    "test_spin": _job_test_spin,
 }
 
 
@@ -111,6 +89,8 @@ def main() -> None:
     os.dup2(devnull, 1)
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     inp = sys.stdin.buffer
+    if len(sys.argv) > 2:  # WorkerPool(jobs_module=...): extra jobs; only the tests use it (tests/pool_test_jobs.py)
+        JOBS.update(importlib.import_module(sys.argv[2]).JOBS)
     try:
         import reward_fns.math_verifier  # noqa: F401  (warm: math-verify + sympy)
     except Exception:  # noqa: BLE001

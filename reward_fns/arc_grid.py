@@ -18,8 +18,8 @@ import json
 import re
 from typing import Any
 
-from .common import Verdict
-from .extraction import answer_tag, last_code_block
+from .common import VerifyResult
+from .extraction import answer_tag, last_code_block, last_match
 
 __all__ = ["parse_grid", "extract_grid", "verify_arc", "grid_to_text"]
 
@@ -39,9 +39,7 @@ _LIST_GRID = re.compile(r"\[\s*(?:\[\s*-?\d+(?:\s*,\s*-?\d+)*\s*\]\s*(?:,\s*)?)+
 def _last_bracketed_grid(text: str) -> Grid | None:
     """The last ``[[...]]`` list of lists of ints in `text` (one linear regex scan; no nesting is ambiguous
     because every row starts with ``[`` and holds only numbers)."""
-    last = None
-    for m in _LIST_GRID.finditer(text):
-        last = m
+    last = last_match(_LIST_GRID, text)
     if last is None:
         return None
     try:
@@ -60,9 +58,7 @@ _MAX_ROWS = 200  # ARC grids have at most 30 rows; a longer block is parsed only
 
 def _last_digit_block(text: str) -> Grid | None:
     """The last block of consecutive lines made only of digits (and spaces / commas / brackets)."""
-    last = None
-    for m in _ROW_BLOCK.finditer(text):
-        last = m
+    last = last_match(_ROW_BLOCK, text)
     if last is None:
         return None
     lines = [ln for ln in last.group(0).splitlines() if ln.strip()][:_MAX_ROWS]
@@ -97,22 +93,24 @@ def grid_to_text(grid: Grid) -> str:
     return "\n".join(" ".join(str(c) for c in row) for row in grid)
 
 
-def verify_arc(response: str, ground_truth: Any) -> Verdict:
+def verify_arc(response: str, ground_truth: Any) -> VerifyResult:
     gold = parse_grid(ground_truth)
     if gold is None:
         raise ValueError(f"arc ground truth is not a grid: {str(ground_truth)[:120]!r}")
     got = extract_grid(response or "")
     shape_exp = f"{len(gold)}x{len(gold[0])}"
     if got is None:
-        return Verdict(0.0, "no grid found in the answer", None,
-                       {"shape_expected": shape_exp, "shape_got": "", "cells_wrong": -1})
+        return VerifyResult(0.0, reason="no grid found in the answer",
+                            details={"shape_expected": shape_exp, "shape_got": "", "cells_wrong": -1})
     shape_got = f"{len(got)}x{len(got[0])}" if all(len(r) == len(got[0]) for r in got) else "ragged"
     details = {"shape_expected": shape_exp, "shape_got": shape_got, "cells_wrong": -1}
     if got == gold:
         details["cells_wrong"] = 0
-        return Verdict(1.0, "grid matches", grid_to_text(got), details)
+        return VerifyResult(1.0, extracted=grid_to_text(got), reason="grid matches", details=details)
     if shape_got == shape_exp:
         wrong = sum(1 for r1, r2 in zip(gold, got) for a, b in zip(r1, r2) if a != b)
         details["cells_wrong"] = wrong
-        return Verdict(0.0, f"{wrong} of {len(gold) * len(gold[0])} cells differ", grid_to_text(got), details)
-    return Verdict(0.0, f"wrong grid size: expected {shape_exp}, got {shape_got}", grid_to_text(got), details)
+        return VerifyResult(0.0, extracted=grid_to_text(got),
+                            reason=f"{wrong} of {len(gold) * len(gold[0])} cells differ", details=details)
+    return VerifyResult(0.0, extracted=grid_to_text(got),
+                        reason=f"wrong grid size: expected {shape_exp}, got {shape_got}", details=details)

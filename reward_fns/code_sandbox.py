@@ -63,7 +63,7 @@ import threading
 import time
 from typing import Any
 
-from .common import Verdict, limit, trim
+from .common import VerifyResult, limit, trim
 from .extraction import last_code_block
 
 __all__ = ["run_code", "verify_code", "parse_code_ground_truth", "sandbox_info", "CodeGroundTruthError"]
@@ -453,15 +453,15 @@ _STATUS_REASON = {
 
 
 def verify_code(response: str, ground_truth: Any, timeout: float | None = None,
-                memory_mb: int | None = None) -> Verdict:
+                memory_mb: int | None = None) -> VerifyResult:
     """Extract the last fenced code block of `response` and run it against the tests."""
     code = last_code_block(response or "")
     if code is None or not code.strip():
-        return Verdict(0.0, "no fenced code block (```python ... ```) in the answer", None,
-                       {"status": "no_code", "tests_passed": 0, "tests_total": 0})
+        return VerifyResult(0.0, reason="no fenced code block (```python ... ```) in the answer",
+                            details={"status": "no_code", "tests_passed": 0, "tests_total": 0})
     if len(code) > 200_000:
-        return Verdict(0.0, f"code too long ({len(code)} chars)", trim(code, 100),
-                       {"status": "too_long", "tests_passed": 0, "tests_total": 0})
+        return VerifyResult(0.0, extracted=trim(code, 100), reason=f"code too long ({len(code)} chars)",
+                            details={"status": "too_long", "tests_passed": 0, "tests_total": 0})
     d = run_code(code, ground_truth, timeout=timeout, memory_mb=memory_mb)
     ok = d["status"] == "passed" and d["tests_total"] > 0
     reason = _STATUS_REASON.get(d["status"], d["status"])
@@ -471,4 +471,4 @@ def verify_code(response: str, ground_truth: Any, timeout: float | None = None,
         first_line = d["error"].strip().splitlines()[-1] if d["error"].strip() else ""
         if first_line:
             reason += f": {trim(first_line, 160)}"
-    return Verdict(1.0 if ok else 0.0, reason, code, d)
+    return VerifyResult(1.0 if ok else 0.0, extracted=code, reason=reason, details=d)

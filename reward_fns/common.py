@@ -1,7 +1,10 @@
-"""What every verifier shares: the `Verdict` it returns and the configurable limits.
+"""What every verifier shares: the `VerifyResult` it returns and the configurable limits.
 
-Limits (seconds / sizes) come from, in order: an explicit argument, `reward_fns.set_limits` (verl's
-``reward_kwargs``), the environment variable, the default.
+This is the lowest layer of rl2f: it imports nothing from `reward_fns` or `rl2f_plugin`, and
+`rl2f_plugin.tasks` re-exports `VerifyResult` (a task's ``verify`` returns the same class).
+
+Limits (seconds / sizes) come from, in order: an explicit argument, `set_limits` (verl's ``reward_kwargs``),
+the environment variable, the default.
 
 =====================  ==========================  =======  =============================================
 limit                  environment variable        default  meaning
@@ -34,8 +37,16 @@ DEFAULT_LIMITS: dict[str, float] = {
 }
 
 
-#: Process-wide overrides set by `reward_fns.set_limits` (verl's ``reward_kwargs``); they beat the environment.
+#: Process-wide overrides set by `set_limits` (verl's ``reward_kwargs``); they beat the environment.
 _OVERRIDES: dict[str, float] = {}
+
+
+def set_limits(**limits: float) -> None:
+    """Set process-wide verifier limits (what ``reward_kwargs`` do), e.g. ``set_limits(math_timeout=3)``."""
+    for key, value in limits.items():
+        if key not in DEFAULT_LIMITS:
+            raise KeyError(f"unknown verifier limit {key!r}; known: {', '.join(DEFAULT_LIMITS)}")
+        _OVERRIDES[key] = float(value)
 
 
 def limit(name: str, override: float | None = None) -> float:
@@ -54,13 +65,18 @@ def limit(name: str, override: float | None = None) -> float:
 
 
 @dataclass
-class Verdict:
-    """A verifier's answer. `details` holds only JSON-able, short values."""
+class VerifyResult:
+    """What a verifier says about one student answer (returned by the verifiers and by `Task.verify`)."""
 
     score: float
-    reason: str = ""
+    """In [0, 1]; 1.0 means correct."""
     extracted: str | None = None
+    """The final answer pulled out of the reply (None if the reply had none)."""
+    reason: str = ""
+    """Short human-readable reason, e.g. "no \\boxed{} answer", "timeout", "2/5 tests failed"."""
     details: dict[str, Any] = field(default_factory=dict)
+    """Task-specific material (JSON-able, short values), e.g. the failing unit test, expected vs got and the
+    error for code."""
 
     @property
     def correct(self) -> bool:

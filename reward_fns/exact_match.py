@@ -20,11 +20,11 @@ import string
 import unicodedata
 from typing import Any
 
-from .common import Verdict
-from .extraction import answer_line, answer_tag, last_boxed, strip_math_delimiters
+from .common import VerifyResult
+from .extraction import extract_final_answer, strip_math_delimiters
 
-__all__ = ["normalize_text", "extract_short_answer", "verify_exact", "verify_choice", "parse_options",
-           "choice_letter"]
+__all__ = ["normalize_text", "texts_equal", "gold_answers", "extract_short_answer", "verify_exact", "verify_choice",
+           "parse_options", "choice_letter"]
 
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mbox|textit)\s*\{([^{}]*)\}")
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+")
@@ -54,15 +54,15 @@ def _as_number(s: str) -> float | None:
 
 def extract_short_answer(response: str) -> str | None:
     """Last ``\\boxed{}``, else ``<answer>`` tag, else "Answer:" line, else the last non-empty line."""
-    for fn in (last_boxed, answer_tag, answer_line):
-        ans = fn(response or "")
-        if ans:
-            return ans
+    ans = extract_final_answer(response or "")
+    if ans:
+        return ans
     lines = [ln.strip() for ln in (response or "").strip().splitlines() if ln.strip()]
     return lines[-1] if lines else None
 
 
-def _texts_equal(a: str, b: str) -> bool:
+def texts_equal(a: str, b: str) -> bool:
+    """Whether two short answers are equal after `normalize_text`, or as numbers."""
     na, nb = normalize_text(a), normalize_text(b)
     if na == nb:
         return True
@@ -70,22 +70,27 @@ def _texts_equal(a: str, b: str) -> bool:
     return fa is not None and fb is not None and abs(fa - fb) <= 1e-9 * max(1.0, abs(fa))
 
 
-def verify_exact(response: str, ground_truth: Any) -> Verdict:
+def gold_answers(ground_truth: Any) -> list:
+    """The accepted answers of an ``exact`` ground truth: the list itself (a numpy array from parquet too), or
+    ``[ground_truth]``."""
     if hasattr(ground_truth, "tolist"):  # numpy array from parquet
         ground_truth = ground_truth.tolist()
-    golds = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
-    golds = [g for g in (str(x) for x in golds) if g.strip()]
+    return list(ground_truth) if isinstance(ground_truth, (list, tuple)) else [ground_truth]
+
+
+def verify_exact(response: str, ground_truth: Any) -> VerifyResult:
+    golds = [g for g in (str(x) for x in gold_answers(ground_truth)) if g.strip()]
     if not golds:
         raise ValueError("exact ground truth is empty")
     pred = extract_short_answer(response)
     if pred is None:
-        return Verdict(0.0, "empty answer", None)
+        return VerifyResult(0.0, reason="empty answer")
     if len(pred) > 2000:
-        return Verdict(0.0, "answer too long", pred[:100])
+        return VerifyResult(0.0, extracted=pred[:100], reason="answer too long")
     for g in golds:
-        if _texts_equal(pred, g):
-            return Verdict(1.0, "exact match", pred)
-    return Verdict(0.0, "does not match the reference answer", pred)
+        if texts_equal(pred, g):
+            return VerifyResult(1.0, extracted=pred, reason="exact match")
+    return VerifyResult(0.0, extracted=pred, reason="does not match the reference answer")
 
 
 # -------------------------------------------------------------------------------------- multiple choice
@@ -130,7 +135,7 @@ def choice_letter(answer: str, options: dict[str, str]) -> str | None:
         return None
     a = strip_math_delimiters(_TEXT_CMD.sub(lambda m: m.group(1), str(answer))).strip().strip("*_`\"'").strip()
     for letter, text in options.items():  # the option's own text first ("a cat" is not option A)
-        if _texts_equal(a, text):
+        if texts_equal(a, text):
             return letter
     valid = set(options) if options else set(string.ascii_uppercase)
     for pat in _LETTER_PATTERNS:
@@ -140,7 +145,7 @@ def choice_letter(answer: str, options: dict[str, str]) -> str | None:
     return None
 
 
-def verify_choice(response: str, ground_truth: Any, extra_info: dict | None = None) -> Verdict:
+def verify_choice(response: str, ground_truth: Any, extra_info: dict | None = None) -> VerifyResult:
     options = parse_options(extra_info)
     gold_letter = choice_letter(str(ground_truth), options)
     if gold_letter is None:
@@ -149,13 +154,15 @@ def verify_choice(response: str, ground_truth: Any, extra_info: dict | None = No
                              f"option text (options: {list(options)})")
     pred = extract_short_answer(response)
     if pred is None:
-        return Verdict(0.0, "empty answer", None, {"letter": ""})
+        return VerifyResult(0.0, reason="empty answer", details={"letter": ""})
     letter = choice_letter(pred, options)
     if gold_letter is None:  # no options, free-text gold: fall back to exact match
-        ok = _texts_equal(pred, str(ground_truth))
-        return Verdict(1.0 if ok else 0.0, "exact match" if ok else "wrong choice", pred, {"letter": letter or ""})
+        ok = texts_equal(pred, str(ground_truth))
+        return VerifyResult(1.0 if ok else 0.0, extracted=pred, reason="exact match" if ok else "wrong choice",
+                            details={"letter": letter or ""})
     if letter is None:
-        return Verdict(0.0, "could not tell which option the answer picks", pred, {"letter": ""})
+        return VerifyResult(0.0, extracted=pred, reason="could not tell which option the answer picks",
+                            details={"letter": ""})
     ok = letter == gold_letter
-    return Verdict(1.0 if ok else 0.0, "correct option" if ok else f"picked option {letter}", letter,
-                   {"letter": letter})
+    return VerifyResult(1.0 if ok else 0.0, extracted=letter,
+                        reason="correct option" if ok else f"picked option {letter}", details={"letter": letter})

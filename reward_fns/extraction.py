@@ -10,6 +10,7 @@ reply costs milliseconds, and they never raise on odd input.
 * `extract_final_answer(text)` -> the first of boxed / answer tag / answer line that is present
 * `last_number(text)`     -> the last number in the text ("-12", "3.5", "1,000" -> "1000"), as GSM8K's
   "flexible" scorers read a reply
+* `last_match(pattern, text)` -> the last match of a compiled regex (one forward scan)
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ import re
 
 __all__ = [
     "last_boxed", "answer_line", "answer_tag", "last_code_block", "extract_final_answer", "strip_math_delimiters",
-    "last_number",
+    "last_number", "last_match",
 ]
+
+
+def last_match(pattern: re.Pattern, text: str) -> re.Match | None:
+    """The last of the non-overlapping matches of `pattern` in `text` (one ``finditer`` scan), or None."""
+    last = None
+    for last in pattern.finditer(text):
+        pass
+    return last
+
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _BARE_BOX_ARG = re.compile(r"[^\s$]+")
@@ -79,9 +89,7 @@ def answer_line(text: str) -> str | None:
     """Text after the last "Answer:" style marker, up to the end of that line (markdown bold stripped)."""
     if not text:
         return None
-    last = None
-    for m in _ANSWER_MARKERS.finditer(text):
-        last = m
+    last = last_match(_ANSWER_MARKERS, text)
     if last is None:
         return None
     rest = text[last.end():]
@@ -175,7 +183,5 @@ def last_number(text: str) -> str | None:
     A sentence-final period is not a decimal point ("is 5." -> "5")."""
     if not text:
         return None
-    last = None
-    for m in _NUMBER.finditer(text):
-        last = m
+    last = last_match(_NUMBER, text)
     return last.group(0).replace(",", "") if last else None

@@ -27,11 +27,11 @@ import functools
 import re
 from typing import Any
 
-from .common import Verdict, limit, trim
+from .common import VerifyResult, limit, trim
 from .extraction import answer_line, last_boxed, strip_math_delimiters
 from .worker_pool import PoolError, PoolTimeout, get_pool
 
-__all__ = ["verify_math", "check_math_answer", "extract_math_answer", "normalize_math_text"]
+__all__ = ["verify_math", "check_math_answer", "extract_math_answer", "normalize_math_text", "gold_text"]
 
 
 def extract_math_answer(response: str) -> str | None:
@@ -61,7 +61,8 @@ def normalize_math_text(s: str) -> str:
     return s.rstrip(".")
 
 
-def _gold_text(gold: Any) -> str:
+def gold_text(gold: Any) -> str:
+    """The ground truth as answer text: a one-element list unwrapped, a ``\\boxed{}`` opened, delimiters stripped."""
     if isinstance(gold, (list, tuple)) and len(gold) == 1:
         gold = gold[0]
     text = gold if isinstance(gold, str) else str(gold)
@@ -69,45 +70,49 @@ def _gold_text(gold: Any) -> str:
     return strip_math_delimiters(boxed if boxed is not None else text)
 
 
-def check_math_answer(pred: str, gold: Any, timeout: float | None = None) -> Verdict:
+def check_math_answer(pred: str, gold: Any, timeout: float | None = None) -> VerifyResult:
     """Is the bare answer `pred` equivalent to `gold`? Score 1/0 with the method or the reason."""
-    gold_s = _gold_text(gold)
+    gold_s = gold_text(gold)
     pred_s = strip_math_delimiters(pred or "")
     max_chars = int(limit("max_answer_chars"))
     if not pred_s:
-        return Verdict(0.0, "empty answer", pred_s)
+        return VerifyResult(0.0, extracted=pred_s, reason="empty answer")
     if len(pred_s) > max_chars:
-        return Verdict(0.0, f"answer too long ({len(pred_s)} > {max_chars} chars)", trim(pred_s, 100))
+        return VerifyResult(0.0, extracted=trim(pred_s, 100),
+                            reason=f"answer too long ({len(pred_s)} > {max_chars} chars)")
     if not gold_s:
-        return Verdict(0.0, "empty ground truth", pred_s)
+        return VerifyResult(0.0, extracted=pred_s, reason="empty ground truth")
     norm_pred, norm_gold = normalize_math_text(pred_s), normalize_math_text(gold_s)
     if norm_pred == norm_gold:
-        return Verdict(1.0, "correct (identical)", pred_s, {"method": "identical"})
+        return VerifyResult(1.0, extracted=pred_s, reason="correct (identical)", details={"method": "identical"})
     if _INT.fullmatch(norm_pred) and _INT.fullmatch(norm_gold):  # two plain integers: exact, no process hop
         same = int(norm_pred) == int(norm_gold)
-        return Verdict(1.0 if same else 0.0, "correct (integer)" if same else "not equivalent to the ground truth",
-                       pred_s, {"method": "integer"})
+        return VerifyResult(1.0 if same else 0.0, extracted=pred_s,
+                            reason="correct (integer)" if same else "not equivalent to the ground truth",
+                            details={"method": "integer"})
     if len(gold_s) > 10 * max_chars:
-        return Verdict(0.0, f"ground truth too long ({len(gold_s)} chars)", pred_s)
+        return VerifyResult(0.0, extracted=pred_s, reason=f"ground truth too long ({len(gold_s)} chars)")
     t = limit("math_timeout", timeout)
     try:
         res = get_pool().call("math", {"gold": gold_s, "pred": pred_s}, timeout=t)
     except PoolTimeout:
-        return Verdict(0.0, f"timeout: verification took longer than {t:g}s", pred_s, {"method": "timeout"})
+        return VerifyResult(0.0, extracted=pred_s, reason=f"timeout: verification took longer than {t:g}s",
+                            details={"method": "timeout"})
     except PoolError as exc:
-        return Verdict(0.0, f"verifier error: {trim(str(exc), 200)}", pred_s, {"method": "error"})
+        return VerifyResult(0.0, extracted=pred_s, reason=f"verifier error: {trim(str(exc), 200)}",
+                            details={"method": "error"})
     score = float(res.get("score", 0.0))
     method = str(res.get("method", ""))
     reason = f"correct ({method})" if score >= 1.0 else (res.get("reason") or "not equivalent to the ground truth")
-    return Verdict(score, reason, pred_s, {"method": method})
+    return VerifyResult(score, extracted=pred_s, reason=reason, details={"method": method})
 
 
-def verify_math(response: str, gold: Any, timeout: float | None = None) -> Verdict:
+def verify_math(response: str, gold: Any, timeout: float | None = None) -> VerifyResult:
     """Extract the final answer from a reply and check it against `gold`."""
     pred = extract_math_answer(response or "")
     if pred is None:
-        return Verdict(0.0, "no final answer found (expected \\boxed{...} or an 'Answer:' line)", None,
-                       {"method": "no_answer"})
+        return VerifyResult(0.0, reason="no final answer found (expected \\boxed{...} or an 'Answer:' line)",
+                            details={"method": "no_answer"})
     return check_math_answer(pred, gold, timeout)
 
 
@@ -185,7 +190,8 @@ def _sympy_equal(a: Any, b: Any) -> bool:
     return False
 
 
-def _check_in_worker(gold: str, pred: str) -> dict:
+def check_in_worker(gold: str, pred: str) -> dict:
+    """Steps 2-5 of the module docstring; the ``math`` job of `reward_fns._pool_worker`."""
     ok, gp, pp = _mv_equal(gold, pred)
     if ok:
         return {"score": 1.0, "method": "math_verify"}

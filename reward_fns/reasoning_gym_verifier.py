@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .common import Verdict, limit, trim
+from .common import VerifyResult, limit, trim
 from .extraction import answer_tag, extract_final_answer, last_number
 from .worker_pool import PoolError, PoolTimeout, get_pool
 
@@ -92,15 +92,15 @@ def _jsonish(value: Any) -> Any:
 
 
 def verify_reasoning_gym(generator: str, response: str, ground_truth: Any, extra_info: dict | None = None,
-                         timeout: float | None = None) -> Verdict:
+                         timeout: float | None = None) -> VerifyResult:
     extra_info = extra_info or {}
     mode = answer_extraction_mode(extra_info)
     answer = extract_rg_answer(response, mode)
     if answer is None:
         expected = "<answer>...</answer>" + (" or a number" if mode == "flexible" else "")
-        return Verdict(0.0, f"no final answer found (expected {expected})", None)
+        return VerifyResult(0.0, reason=f"no final answer found (expected {expected})")
     if len(answer) > 20 * int(limit("max_answer_chars")):
-        return Verdict(0.0, f"answer too long ({len(answer)} chars)", trim(answer, 100))
+        return VerifyResult(0.0, extracted=trim(answer, 100), reason=f"answer too long ({len(answer)} chars)")
     config = _jsonish(extra_info.get("rg_config"))
     index = extra_info.get("rg_index")
     entry = extra_info.get("rg_entry")
@@ -118,16 +118,16 @@ def verify_reasoning_gym(generator: str, response: str, ground_truth: Any, extra
     try:
         res = get_pool().call("rg", args, timeout=t, preload=("reasoning_gym",))
     except PoolTimeout:
-        return Verdict(0.0, f"timeout: score_answer took longer than {t:g}s", answer)
+        return VerifyResult(0.0, extracted=answer, reason=f"timeout: score_answer took longer than {t:g}s")
     except PoolError as exc:
-        return Verdict(0.0, f"verifier error: {trim(str(exc), 200)}", answer)
+        return VerifyResult(0.0, extracted=answer, reason=f"verifier error: {trim(str(exc), 200)}")
     raw = float(res["score"])
     details = {"entry_source": res.get("entry_source", ""), "rg_score": raw}
     if raw >= 1.0:
-        return Verdict(1.0, "correct", answer, details)
+        return VerifyResult(1.0, extracted=answer, reason="correct", details=details)
     if raw > 0 and _truthy(extra_info.get("partial_credit")):
-        return Verdict(raw, f"partial credit {raw:.2f}", answer, details)
-    return Verdict(0.0, "incorrect", answer, details)
+        return VerifyResult(raw, extracted=answer, reason=f"partial credit {raw:.2f}", details=details)
+    return VerifyResult(0.0, extracted=answer, reason="incorrect", details=details)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -153,14 +153,14 @@ def _dataset(generator: str, config: dict | None):
     return _DATASETS[key]
 
 
-def _prepare_in_worker(generator: str, config: dict | None) -> None:
+def prepare_in_worker(generator: str, config: dict | None) -> None:
     try:
         _dataset(generator, config)
-    except Exception:  # noqa: BLE001 - _score_in_worker falls back to the default config
+    except Exception:  # noqa: BLE001 - score_in_worker falls back to the default config
         _dataset(generator, None)
 
 
-def _score_in_worker(generator: str, answer: str, entry_json: str | None, config: dict | None,
+def score_in_worker(generator: str, answer: str, entry_json: str | None, config: dict | None,
                      index: int | None, ground_truth: str | None) -> dict:
     try:
         ds = _dataset(generator, config)

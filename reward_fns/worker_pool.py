@@ -106,14 +106,18 @@ class WorkerPool:
         memory_mb: address-space limit (RLIMIT_AS) of each worker.
         max_jobs_per_worker: recycle a worker after this many jobs (bounds slow memory growth in sympy caches).
         startup_timeout: limit for starting a worker and for the imports a job asks for (not job time).
+        jobs_module: a module (importable from this process's ``sys.path``) whose ``JOBS`` dict the workers add
+            to their own; the tests point it at ``tests/pool_test_jobs.py`` so that their jobs (one that blocks
+            SIGALRM, a busy loop, a chatty echo) stay out of the production worker.
     """
 
     def __init__(self, size: int = 2, memory_mb: int = 4096, max_jobs_per_worker: int = 2000,
-                 startup_timeout: float = 120.0):
+                 startup_timeout: float = 120.0, jobs_module: str | None = None):
         self.size = max(1, int(size))
         self.memory_mb = int(memory_mb)
         self.max_jobs_per_worker = max_jobs_per_worker
         self.startup_timeout = startup_timeout
+        self.jobs_module = jobs_module
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._cond = threading.Condition()
@@ -133,7 +137,8 @@ class WorkerPool:
             "LANG": "C.UTF-8",
         }
         proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "reward_fns._pool_worker", str(self.memory_mb)],
+            [sys.executable, "-u", "-m", "reward_fns._pool_worker", str(self.memory_mb)]
+            + ([self.jobs_module] if self.jobs_module else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True, env=env, cwd="/", close_fds=True,
         )

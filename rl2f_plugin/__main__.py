@@ -64,11 +64,11 @@ def collect_registrations() -> dict[str, Any]:
         return {name: f"{cls.__module__}.{cls.__qualname__}" for name, cls in sorted(TEACHER_REGISTRY.items())}
 
     def _reward_fns():
-        import reward_fns
+        from reward_fns.verl_reward import compute_score as fn
 
-        fn = reward_fns.compute_score
         return {"compute_score": f"{fn.__module__}.{fn.__qualname__}",
-                "config": "reward.custom_reward_function.path=pkg://reward_fns reward.custom_reward_function.name=compute_score"}
+                "config": "reward.custom_reward_function.path=pkg://reward_fns.verl_reward "
+                          "reward.custom_reward_function.name=compute_score"}
 
     _safe("agent_loops", _agent_loops)
     _safe("trainer_modes", _trainers)

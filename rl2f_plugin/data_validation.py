@@ -5,8 +5,8 @@ Every row must have
 * a prompt (``prompt`` column, or the configured prompt key): a non-empty list of chat messages with
   ``role`` and ``content``;
 * a ground truth: ``reward_model.ground_truth`` present, not null and not empty;
-* a known rl2f task: ``extra_info.task`` (falling back to ``data_source``, as `reward_fns` does) must resolve
-  with `rl2f_plugin.tasks.get_task`.
+* a known rl2f task: ``extra_info.task`` (falling back to ``data_source``, as
+  `reward_fns.verl_reward.compute_score` does) must resolve with `rl2f_plugin.tasks.get_task`.
 
 The ground truth must also have the shape its task's verifier needs: for ``code``, a dict / JSON object with
 ``tests`` (+ ``entry_point``) or ``io`` (checked with the sandbox's own parser); for ``arc``, a grid. A task may
@@ -75,7 +75,7 @@ class FileReport:
 
 
 def task_name_of(row: dict[str, Any]) -> str | None:
-    """The rl2f task of a row: ``extra_info.task``, else ``data_source`` (the rule `reward_fns` applies)."""
+    """The rl2f task of a row: ``extra_info.task``, else ``data_source`` (the rule `compute_score` applies)."""
     extra = row.get("extra_info")
     if isinstance(extra, dict) and isinstance(extra.get("task"), str) and extra["task"].strip():
         return extra["task"].strip()

@@ -23,5 +23,5 @@ EF_TRUNCATED = "rl2f_truncated"                # int 0/1, the response-length bu
 EF_TASK = "rl2f_task"                          # str, task name
 EF_MAX_TURNS = "rl2f_max_turns"                # int, K used for this trajectory
 EF_TEACHER_ERRORS = "rl2f_teacher_errors"      # int, feedback turns where the teacher failed
-EF_FINAL_RESPONSE = "rl2f_final_response"      # str, the student's last reply (= reward_fns FINAL_RESPONSE_KEY)
+EF_FINAL_RESPONSE = "rl2f_final_response"      # str, the student's last reply (= reward_fns.verl_reward.FINAL_RESPONSE_KEY)
 REWARD_EXTRA_INFO = "reward_extra_info"        # verl's key: dict of numbers logged in validation

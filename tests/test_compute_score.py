@@ -1,7 +1,8 @@
-"""`reward_fns.compute_score` as verl 0.9.1 loads and calls it.
+"""`reward_fns.verl_reward.compute_score` as verl 0.9.1 loads and calls it.
 
 * verl's real config (``ppo_trainer.yaml`` composed by Hydra) with the documented override
-  ``reward.custom_reward_function.path=pkg://reward_fns`` is loaded by verl's own ``get_custom_reward_fn``;
+  ``reward.custom_reward_function.path=pkg://reward_fns.verl_reward`` is loaded by verl's own
+  ``get_custom_reward_fn`` (the recipes' own path goes through it in tests/test_recipes.py);
 * verl's real ``NaiveRewardManager`` (built by ``load_reward_manager``) scores a real ``DataProto`` whose
   response is decoded by a real (small, trained-in-test, byte-level BPE) tokenizer; the loop's
   ``tool_extra_fields`` carry the final answer, as rl2f's didactic loop sends it;
@@ -18,7 +19,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from reward_fns import FINAL_RESPONSE_KEY, SCORE_KEYS, compute_score
+from reward_fns.verl_reward import FINAL_RESPONSE_KEY, SCORE_KEYS, compute_score
 from reward_fns.common import _OVERRIDES
 
 ADD_TESTS = {"tests": "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n", "entry_point": "add"}
@@ -31,7 +32,7 @@ def verl_config():
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=[
-            "reward.custom_reward_function.path=pkg://reward_fns",
+            "reward.custom_reward_function.path=pkg://reward_fns.verl_reward",
             "reward.custom_reward_function.name=compute_score",
             "+reward.custom_reward_function.reward_kwargs.math_timeout=7",
         ])

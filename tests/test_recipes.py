@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO / "recipes"
 RECIPES = ["rl2f_grpo", "rl2f_grpo_wm", "rlvr_grpo"]
 RL2F_RECIPES = ["rl2f_grpo", "rl2f_grpo_wm"]
+CPU_RECIPES = ["rl2f_cpu", "rl2f_wm_cpu", "rlvr_cpu"]  # composed here only for the reward path
 
 
 def _compose(name: str, overrides: list[str] | None = None):
@@ -73,7 +74,7 @@ def test_shared_sizing_and_companion_defaults(recipe):
     assert cfg.actor_rollout_ref.actor.entropy_coeff == 0
     assert cfg.data.return_raw_chat is True
     # The same reward function in every recipe, in the packaged-module form verl 0.9.1 loads.
-    assert cfg.reward.custom_reward_function.path == "pkg://reward_fns"
+    assert cfg.reward.custom_reward_function.path == "pkg://reward_fns.verl_reward"
     assert cfg.reward.custom_reward_function.name == "compute_score"
     # Same data and model in the baseline and in RL²F.
     base = _compose("rlvr_grpo")
@@ -84,20 +85,19 @@ def test_shared_sizing_and_companion_defaults(recipe):
 
 @pytest.mark.parametrize("name", RL2F_RECIPES)
 def test_rl2f_recipes(name):
-    from rl2f_plugin.schema import DEFAULTS, rl2f_section
+    from rl2f_plugin.config import RL2FConfig
 
     cfg = _compose(name)
     assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "rl2f_didactic"
     assert cfg.trainer.v1.trainer_mode == "rl2f_sync"
-    section = rl2f_section(cfg)
-    assert set(section) == set(DEFAULTS), "the recipe's rl2f section has keys the schema does not know"
-    assert section["max_turns"] == 4                                  # 4 turns in training
-    assert section["teacher"]["name"] == "self"
-    assert section["leak_guard"]["enable"] is True
+    section = RL2FConfig.from_trainer_config(cfg)  # unknown keys / bad values raise, naming the key
+    assert section.max_turns == 4                                  # 4 turns in training
+    assert section.teacher.name == "self"
+    assert section.leak_guard.enable is True
     # the whole conversation shares the response budget: larger than one single-turn answer
     assert cfg.data.max_response_length > _compose("rlvr_grpo").data.max_response_length
     expected_coef = {"rl2f_grpo": 0.0, "rl2f_grpo_wm": 0.1}[name]
-    assert section["world_model"]["coef"] == pytest.approx(expected_coef)
+    assert section.world_model.coef == pytest.approx(expected_coef)
 
 
 def test_world_model_recipe_differs_only_in_the_loss():
@@ -121,12 +121,12 @@ def test_rlvr_is_stock_single_turn_grpo():
 
 
 def test_command_line_overrides_reach_the_rl2f_section():
-    from rl2f_plugin.schema import rl2f_section
+    from rl2f_plugin.config import RL2FConfig
 
     cfg = _compose("rl2f_grpo", ["rl2f.max_turns=10", "rl2f.teacher.name=template",
                                  "actor_rollout_ref.model.path=/models/gemma-3-12b-it"])
-    section = rl2f_section(cfg)
-    assert section["max_turns"] == 10 and section["teacher"]["name"] == "template"
+    section = RL2FConfig.from_trainer_config(cfg)
+    assert section.max_turns == 10 and section.teacher.name == "template"
     assert cfg.actor_rollout_ref.model.path == "/models/gemma-3-12b-it"
 
 
@@ -148,16 +148,20 @@ def test_trainer_modes_named_by_the_recipes_are_registered():
         assert mode in TRAINER_REGISTRY, f"{name}: trainer mode {mode!r} is not registered with verl"
 
 
-def test_reward_path_loads_with_verls_loader():
-    from verl.utils.import_utils import load_module
+@pytest.mark.parametrize("name", RECIPES + CPU_RECIPES)
+def test_reward_path_loads_with_verls_loader(name):
+    """verl's own loader (``get_custom_reward_fn``, as the trainer's reward loop calls it) resolves the recipe's
+    ``pkg://`` path (a dotted module) to rl2f's ``compute_score``."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
 
-    module = load_module(_compose("rlvr_grpo").reward.custom_reward_function.path)
-    assert module.__name__ == "reward_fns"
-    compute_score = getattr(module, _compose("rlvr_grpo").reward.custom_reward_function.name)
+    from reward_fns.verl_reward import compute_score
+
+    fn = get_custom_reward_fn(_compose(name))
+    assert fn.args[0] is compute_score  # verl's partial(_call_with_kwargs, raw_fn, reward_kwargs)
     # verl's signature; the same function scores a multi-turn rl2f response by its final answer
-    result = compute_score("reasoning_gym/chain_sum", "<answer>7</answer>", "7",
-                           {"task": "reasoning_gym:chain_sum", "rg_entry": json.dumps(
-                               {"question": "3 + 4 =", "answer": "7", "metadata": {}})})
+    result = fn(data_source="reasoning_gym/chain_sum", solution_str="<answer>7</answer>", ground_truth="7",
+                extra_info={"task": "reasoning_gym:chain_sum", "rg_entry": json.dumps(
+                    {"question": "3 + 4 =", "answer": "7", "metadata": {}})})
     assert result["score"] == 1.0
 
 

@@ -66,7 +66,7 @@ def test_entry_point_task_is_found_and_verifies(tmp_path):
             def emit(self, r): records.append((r.levelname, r.getMessage()))
         logging.getLogger("rl2f_plugin").addHandler(H())
         from rl2f_plugin.tasks import get_task, list_tasks
-        from reward_fns import compute_score
+        from reward_fns.verl_reward import compute_score
         task = get_task("my_units")
         good = task.verify("1 km is 1000 m, so 3000 m is 3 km.\\nAnswer: 3 km", "3 km")
         bad = task.verify("Answer: 3 m", "3 km")

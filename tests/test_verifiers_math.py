@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from reward_fns import set_limits
-from reward_fns.common import _OVERRIDES
+from reward_fns.common import _OVERRIDES, set_limits
 from reward_fns.extraction import answer_line, extract_final_answer, last_boxed
 from reward_fns.math_verifier import check_math_answer, extract_math_answer, verify_math
-from reward_fns.worker_pool import PoolTimeout, WorkerPool, get_pool
+from reward_fns.worker_pool import PoolError, PoolTimeout, WorkerPool, get_pool
 
 
 # ------------------------------------------------------------------------------------------- extraction
@@ -170,8 +169,9 @@ def test_works_from_threads_and_asyncio():
 
 
 # ------------------------------------------------------------------------------------------ the pool
+_TEST_JOBS = "pool_test_jobs"  # tests/pool_test_jobs.py: jobs the production worker does not have
 def test_pool_hard_kills_a_job_that_blocks_signals():
-    pool = WorkerPool(size=1)
+    pool = WorkerPool(size=1, jobs_module=_TEST_JOBS)
     try:
         assert pool.call("test_echo", {"x": 1, "print": "noise"}, timeout=30)["echo"]["x"] == 1
         pid = pool.worker_pids()[0]
@@ -191,7 +191,7 @@ def test_pool_hard_kills_a_job_that_blocks_signals():
 
 
 def test_pool_soft_timeout_keeps_worker():
-    pool = WorkerPool(size=1)
+    pool = WorkerPool(size=1, jobs_module=_TEST_JOBS)
     try:
         pid = pool.call("test_echo", {}, timeout=30)["pid"]
         with pytest.raises(PoolTimeout):
@@ -200,3 +200,8 @@ def test_pool_soft_timeout_keeps_worker():
         assert pool.call("test_echo", {}, timeout=30)["pid"] == pid
     finally:
         pool.shutdown()
+
+
+def test_production_worker_has_no_test_jobs():
+    with pytest.raises(PoolError, match="unknown job"):
+        get_pool().call("test_echo", {}, timeout=30)

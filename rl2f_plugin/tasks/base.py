@@ -9,38 +9,20 @@ A task knows how to
   * decide whether an arbitrary text span is *equivalent* to the ground truth (`is_equivalent`, used by the
     leak guard to catch "x = 1/2" leaking "0.5").
 
-Tasks are registered by name with `register_task` (see `rl2f_plugin.tasks.registry`).
+Tasks are registered by name with `register_task` (see `rl2f_plugin.tasks.registry`). `VerifyResult` is
+`reward_fns.common.VerifyResult` (what the verifiers return), re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from reward_fns.common import VerifyResult, trim
 
-@dataclass
-class VerifyResult:
-    """What a verifier says about one student answer."""
-
-    score: float
-    """In [0, 1]; 1.0 means correct."""
-    extracted: str | None = None
-    """The final answer pulled out of the reply (None if the reply had none)."""
-    reason: str = ""
-    """Short human-readable reason, e.g. "no \\boxed{} answer", "timeout", "2/5 tests failed"."""
-    details: dict[str, Any] = field(default_factory=dict)
-    """Task-specific material, e.g. the failing unit test, expected vs got and the error for code."""
-
-    @property
-    def correct(self) -> bool:
-        return self.score >= 1.0 - 1e-9
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"score": float(self.score), "correct": self.correct, "extracted": self.extracted,
-                "reason": self.reason, **{f"detail_{k}": v for k, v in self.details.items()}}
+__all__ = ["Task", "VerifyResult", "format_ground_truth"]
 
 
 class Task:
@@ -83,14 +65,19 @@ class Task:
     # -- teacher ------------------------------------------------------------------------------------------
     def privileged_info(self, ground_truth: Any, extra_info: dict | None = None,
                         verify_result: VerifyResult | None = None) -> str:
-        """Text only the teacher sees: the ground truth, a reference solution, verifier output."""
+        """Text only the teacher sees: the ground truth, a reference solution or hint from `extra_info`, and the
+        verifier's verdict on the student's last answer (with the answer it extracted)."""
         parts = [f"Correct final answer: {format_ground_truth(ground_truth)}"]
         extra_info = extra_info or {}
         for key, title in (("solution", "Reference solution"), ("hint", "Hint")):
             if extra_info.get(key):
                 parts.append(f"{title}:\n{extra_info[key]}")
-        if verify_result is not None and verify_result.reason:
-            parts.append(f"Verifier: {verify_result.reason}")
+        if verify_result is not None:
+            verdict = verify_result.reason or ("correct" if verify_result.correct else "incorrect")
+            lines = [f"Verifier verdict on the student's last answer: {verdict}"]
+            if verify_result.extracted is not None:
+                lines.append(f"Student's extracted answer: {trim(verify_result.extracted, 300)}")
+            parts.append("\n".join(lines))
         return "\n\n".join(parts)
 
     def hint(self, verify_result: VerifyResult, ground_truth: Any, extra_info: dict | None = None) -> str:

@@ -13,44 +13,17 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from reward_fns.common import Verdict, trim
+from reward_fns.common import trim
 
 from .base import Task, VerifyResult, format_ground_truth
-from .registry import register_parametric_task, register_task
+from .registry import UnknownTaskError, register_parametric_task, register_task
 
 __all__ = ["MathTask", "CodeTask", "ArcTask", "ExactTask", "ChoiceTask", "ReasoningGymTask"]
 
 
-def _result(v: Verdict) -> VerifyResult:
-    return VerifyResult(score=float(v.score), extracted=v.extracted, reason=v.reason, details=dict(v.details))
-
-
-def _verifier_section(verify_result: VerifyResult | None) -> str:
-    if verify_result is None:
-        return ""
-    lines = [f"Verifier verdict on the student's last answer: {verify_result.reason or ('correct' if verify_result.correct else 'incorrect')}"]
-    if verify_result.extracted is not None:
-        lines.append(f"Student's extracted answer: {trim(verify_result.extracted, 300)}")
-    return "\n".join(lines)
-
-
-class _BaseTask(Task):
-    def privileged_info(self, ground_truth: Any, extra_info: dict | None = None,
-                        verify_result: VerifyResult | None = None) -> str:
-        parts = [f"Correct final answer: {format_ground_truth(ground_truth)}"]
-        extra_info = extra_info or {}
-        for key, title in (("solution", "Reference solution"), ("hint", "Hint")):
-            if extra_info.get(key):
-                parts.append(f"{title}:\n{extra_info[key]}")
-        section = _verifier_section(verify_result)
-        if section:
-            parts.append(section)
-        return "\n\n".join(parts)
-
-
 # ----------------------------------------------------------------------------------------------- maths
 @register_task("math")
-class MathTask(_BaseTask):
+class MathTask(Task):
     """Competition maths; final answer in ``\\boxed{}`` (or an "Answer:" line), checked by math-verify + sympy."""
 
     answer_format_instruction = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -68,7 +41,7 @@ class MathTask(_BaseTask):
     def verify(self, response: str, ground_truth: Any, extra_info: dict | None = None) -> VerifyResult:
         from reward_fns.math_verifier import verify_math
 
-        return _result(verify_math(response, ground_truth))
+        return verify_math(response, ground_truth)
 
     def is_equivalent(self, candidate: str, ground_truth: Any, extra_info: dict | None = None) -> bool:
         from reward_fns.math_verifier import check_math_answer, extract_math_answer
@@ -81,9 +54,9 @@ class MathTask(_BaseTask):
             return False
 
     def answer_strings(self, ground_truth: Any, extra_info: dict | None = None) -> list[str]:
-        from reward_fns.math_verifier import _gold_text, normalize_math_text
+        from reward_fns.math_verifier import gold_text, normalize_math_text
 
-        gold = _gold_text(ground_truth)
+        gold = gold_text(ground_truth)
         out = [gold, normalize_math_text(gold)]
         m = re.fullmatch(r"(-?)\\frac\{(\d+)\}\{(\d+)\}", normalize_math_text(gold))
         frac = None
@@ -99,7 +72,7 @@ class MathTask(_BaseTask):
 
 # ------------------------------------------------------------------------------------------------ code
 @register_task("code")
-class CodeTask(_BaseTask):
+class CodeTask(Task):
     """Python programming; the last fenced code block is run against unit tests in a sandbox."""
 
     answer_format_instruction = ("Write your complete solution in Python in a single ```python code block at the "
@@ -128,7 +101,7 @@ class CodeTask(_BaseTask):
     def verify(self, response: str, ground_truth: Any, extra_info: dict | None = None) -> VerifyResult:
         from reward_fns.code_sandbox import verify_code
 
-        return _result(verify_code(response, ground_truth))
+        return verify_code(response, ground_truth)
 
     def is_equivalent(self, candidate: str, ground_truth: Any, extra_info: dict | None = None) -> bool:
         return False  # a span of feedback cannot "equal" a test suite; leaks of code use answer_strings
@@ -174,7 +147,7 @@ class CodeTask(_BaseTask):
 
 # ------------------------------------------------------------------------------------------------- ARC
 @register_task("arc")
-class ArcTask(_BaseTask):
+class ArcTask(Task):
     """ARC-AGI grids; exact match of the whole output grid."""
 
     answer_format_instruction = ("Give the output grid at the end inside <answer></answer> tags, one row per line "
@@ -194,7 +167,7 @@ class ArcTask(_BaseTask):
     def verify(self, response: str, ground_truth: Any, extra_info: dict | None = None) -> VerifyResult:
         from reward_fns.arc_grid import verify_arc
 
-        return _result(verify_arc(response, ground_truth))
+        return verify_arc(response, ground_truth)
 
     def is_equivalent(self, candidate: str, ground_truth: Any, extra_info: dict | None = None) -> bool:
         from reward_fns.arc_grid import parse_grid
@@ -227,7 +200,7 @@ class ArcTask(_BaseTask):
 
 # ----------------------------------------------------------------------------------- exact / choice
 @register_task("exact")
-class ExactTask(_BaseTask):
+class ExactTask(Task):
     """Short free-form answers, normalised exact match (BIG-Bench Extra Hard style)."""
 
     answer_format_instruction = "Think it through, then end your reply with a final line of the form 'Answer: <your answer>'."
@@ -240,23 +213,21 @@ class ExactTask(_BaseTask):
     def verify(self, response: str, ground_truth: Any, extra_info: dict | None = None) -> VerifyResult:
         from reward_fns.exact_match import verify_exact
 
-        return _result(verify_exact(response, ground_truth))
+        return verify_exact(response, ground_truth)
 
     def is_equivalent(self, candidate: str, ground_truth: Any, extra_info: dict | None = None) -> bool:
-        from reward_fns.exact_match import _texts_equal
+        from reward_fns.exact_match import gold_answers, texts_equal
 
-        ground_truth = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
-        golds = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
-        return any(_texts_equal(candidate, str(g)) for g in golds)
+        return any(texts_equal(candidate, str(g)) for g in gold_answers(ground_truth))
 
     def answer_strings(self, ground_truth: Any, extra_info: dict | None = None) -> list[str]:
-        ground_truth = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
-        golds = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
-        return [str(g).strip() for g in golds if str(g).strip()]
+        from reward_fns.exact_match import gold_answers
+
+        return [str(g).strip() for g in gold_answers(ground_truth) if str(g).strip()]
 
 
 @register_task("choice")
-class ChoiceTask(_BaseTask):
+class ChoiceTask(Task):
     """Multiple choice: the student picks an option by letter or by its text."""
 
     answer_format_instruction = ("Think it through, then end your reply with a final line of the form "
@@ -279,7 +250,7 @@ class ChoiceTask(_BaseTask):
     def verify(self, response: str, ground_truth: Any, extra_info: dict | None = None) -> VerifyResult:
         from reward_fns.exact_match import verify_choice
 
-        return _result(verify_choice(response, ground_truth, extra_info))
+        return verify_choice(response, ground_truth, extra_info)
 
     def is_equivalent(self, candidate: str, ground_truth: Any, extra_info: dict | None = None) -> bool:
         from reward_fns.exact_match import choice_letter, parse_options
@@ -313,12 +284,11 @@ class ChoiceTask(_BaseTask):
         options = parse_options(extra_info)
         gold = choice_letter(str(ground_truth), options)
         text = f"({gold}) {options[gold]}" if gold and options.get(gold) else str(ground_truth)
-        info = super().privileged_info(text, extra_info, verify_result)
-        return info
+        return super().privileged_info(text, extra_info, verify_result)
 
 
 # -------------------------------------------------------------------------------------- reasoning-gym
-class ReasoningGymTask(_BaseTask):
+class ReasoningGymTask(Task):
     """Any reasoning-gym generator, scored by the generator's own ``score_answer``."""
 
     answer_format_instruction = "Give your final answer inside <answer></answer> tags."
@@ -335,7 +305,7 @@ class ReasoningGymTask(_BaseTask):
     def verify(self, response: str, ground_truth: Any, extra_info: dict | None = None) -> VerifyResult:
         from reward_fns.reasoning_gym_verifier import verify_reasoning_gym
 
-        return _result(verify_reasoning_gym(self.generator, response, ground_truth, extra_info))
+        return verify_reasoning_gym(self.generator, response, ground_truth, extra_info)
 
     def is_equivalent(self, candidate: str, ground_truth: Any, extra_info: dict | None = None) -> bool:
         try:
@@ -356,8 +326,6 @@ def _reasoning_gym_task(generator: str) -> ReasoningGymTask:
 
     known = known_generators()
     if generator not in known:
-        from .registry import UnknownTaskError
-
         raise UnknownTaskError(f"unknown task 'reasoning_gym:{generator}': reasoning-gym has no generator "
                                f"{generator!r}; known generators: {', '.join(known)}")
     return ReasoningGymTask(generator)

@@ -9,24 +9,26 @@ entry point's target is imported (and may register any number of tasks as a side
 
 Parametrised tasks use a ``prefix:`` name: ``reasoning_gym:basic_arithmetic`` resolves through the factory
 registered for the prefix ``reasoning_gym``.
+
+The built-in tasks (`rl2f_plugin.tasks.builtin`) register themselves with this module; the package
+``rl2f_plugin.tasks`` imports them right after it, so they are always registered once the package is imported
+(and any import of this module imports the package first). This module does not import them: the import
+graph stays acyclic (base <- registry <- builtin).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from importlib.metadata import entry_points
 from typing import Callable
 
+from ..plugin_entry_points import load_entry_points
 from .base import Task
 
-logger = logging.getLogger(__name__)
 
 TASK_REGISTRY: dict[str, type[Task] | Callable[[], Task]] = {}
 PARAMETRIC_TASK_REGISTRY: dict[str, Callable[[str], Task]] = {}
 _INSTANCES: dict[str, Task] = {}
 _LOCK = threading.Lock()
-_ENTRY_POINTS_LOADED = False
 ENTRY_POINT_GROUP = "rl2f.tasks"
 
 
@@ -67,19 +69,10 @@ def _qualname(obj) -> str:
 
 
 def load_task_entry_points() -> None:
-    """Import every ``rl2f.tasks`` entry point once; failures are logged as warnings, never raised."""
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            target = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken third-party task must not break the others
-            logger.warning("rl2f: could not load task plugin %r (%s): %s: %s", ep.name, ep.value, type(exc).__name__, exc)
-            continue
-        if ep.name not in TASK_REGISTRY and (isinstance(target, type) and issubclass(target, Task) or callable(target)):
-            TASK_REGISTRY[ep.name] = target
+    """Import every ``rl2f.tasks`` entry point once (`rl2f_plugin.plugin_entry_points`)."""
+    for name, target in load_entry_points(ENTRY_POINT_GROUP):
+        if name not in TASK_REGISTRY and (isinstance(target, type) and issubclass(target, Task) or callable(target)):
+            TASK_REGISTRY[name] = target
 
 
 def get_task(name: str) -> Task:
@@ -87,7 +80,6 @@ def get_task(name: str) -> Task:
     with _LOCK:
         if name in _INSTANCES:
             return _INSTANCES[name]
-        _ensure_builtins()
         if name not in TASK_REGISTRY and ":" not in name:
             load_task_entry_points()
         if name in TASK_REGISTRY:
@@ -108,10 +100,5 @@ def get_task(name: str) -> Task:
 
 
 def list_tasks() -> list[str]:
-    _ensure_builtins()
     load_task_entry_points()
     return sorted(TASK_REGISTRY) + [f"{p}:<name>" for p in sorted(PARAMETRIC_TASK_REGISTRY)]
-
-
-def _ensure_builtins() -> None:
-    from . import builtin  # noqa: F401  (registers the built-in tasks)

@@ -18,25 +18,22 @@ entry-point group (the target is imported; a `Teacher` subclass is registered un
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Awaitable, Callable, ClassVar
 
 from ..dataclass_config import ConfigError, build_options, require
+from ..plugin_entry_points import load_entry_points
 from ..prompts import render_prompt
 from ..tasks.base import Task, VerifyResult
 
-logger = logging.getLogger(__name__)
 
 #: Async text completion: (chat messages, max_tokens, temperature) -> reply text.
 CompleteFn = Callable[[list[dict[str, str]], int, float], Awaitable[str]]
 
 TEACHER_REGISTRY: dict[str, type["Teacher"]] = {}
 ENTRY_POINT_GROUP = "rl2f.teachers"
-_ENTRY_POINTS_LOADED = False
 
 
 class TeacherError(RuntimeError):
@@ -63,19 +60,10 @@ def register_teacher(name: str):
 
 
 def load_teacher_entry_points() -> None:
-    """Import every ``rl2f.teachers`` entry point once; failures are logged as warnings, never raised."""
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            target = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken third-party teacher must not break the others
-            logger.warning("rl2f: could not load teacher plugin %r (%s): %s: %s", ep.name, ep.value, type(exc).__name__, exc)
-            continue
-        if ep.name not in TEACHER_REGISTRY and isinstance(target, type) and issubclass(target, Teacher):
-            register_teacher(ep.name)(target)
+    """Import every ``rl2f.teachers`` entry point once (`rl2f_plugin.plugin_entry_points`)."""
+    for name, target in load_entry_points(ENTRY_POINT_GROUP):
+        if name not in TEACHER_REGISTRY and isinstance(target, type) and issubclass(target, Teacher):
+            register_teacher(name)(target)
 
 
 def get_teacher_class(name: str) -> type["Teacher"]:
