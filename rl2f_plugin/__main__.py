@@ -63,6 +63,11 @@ def collect_registrations() -> dict[str, Any]:
 
         return {name: f"{cls.__module__}.{cls.__qualname__}" for name, cls in sorted(TEACHER_REGISTRY.items())}
 
+    def _reward_modes():
+        from rl2f_plugin.reward_modes import REWARD_MODE_REGISTRY
+
+        return {name: f"{fn.__module__}.{fn.__qualname__}" for name, fn in sorted(REWARD_MODE_REGISTRY.items())}
+
     def _reward_fns():
         from reward_fns.verl_reward import compute_score as fn
 
@@ -76,6 +81,7 @@ def collect_registrations() -> dict[str, Any]:
     _safe("rollout_replicas", _replicas)
     _safe("tasks", _tasks)
     _safe("teachers", _teachers)
+    _safe("reward_modes", _reward_modes)
     _safe("reward_functions", _reward_fns)
     return info
 
@@ -85,7 +91,8 @@ def _print_text(info: dict[str, Any]) -> None:
           f" (loaded through verl's plugin entry point: {'yes' if info['loaded_by_verl_entry_point'] else 'NO'})")
     for key, title in (("agent_loops", "agent loops"), ("trainer_modes", "trainer modes (trainer.v1.trainer_mode)"),
                        ("platforms", "platforms (VERL_PLATFORM)"), ("rollout_replicas", "rollout engines"),
-                       ("tasks", "tasks"), ("teachers", "teachers"), ("reward_functions", "reward functions")):
+                       ("tasks", "tasks"), ("teachers", "teachers (rl2f.teacher.name)"),
+                       ("reward_modes", "reward modes (rl2f.reward_mode)"), ("reward_functions", "reward functions")):
         value = info.get(key)
         print(f"\n{title}:")
         if isinstance(value, dict):

@@ -69,6 +69,7 @@ def test_info_cli_lists_registrations():
     assert "rl2f_didactic" in info["agent_loops"]
     assert "math" in info["tasks"]
     assert {"self", "openai", "execution", "template"} <= set(info["teachers"])
+    assert {"final", "discounted", "any_turn"} <= set(info["reward_modes"])
     assert info["reward_functions"]["compute_score"] == "reward_fns.verl_reward.compute_score"
     text = subprocess.run([sys.executable, "-m", "rl2f_plugin", "info"], capture_output=True, text=True,
                           env=_clean_env(), timeout=180, cwd="/")
