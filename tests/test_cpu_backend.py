@@ -247,6 +247,12 @@ def test_server_batches_concurrent_requests_and_tags_weight_version(tiny_model_d
     batches = [e for e in events if e["event"] == "generate_batch"]
     assert [b["size"] for b in batches] == [3, 3]  # one batched generate per wave of concurrent requests
     assert batches[1]["checksum"] == status["checksum"] != batches[0]["checksum"]
+    # per-batch token counts, so tokens/s can be read off any run's log
+    assert batches[0]["prompt_tokens"] == sum(len(p) for p in PROMPTS)
+    assert batches[0]["max_prompt_tokens"] == max(len(p) for p in PROMPTS)
+    assert batches[0]["generated_tokens"] == sum(len(o.token_ids) for o in outs1)
+    assert batches[1]["generated_tokens"] == sum(len(o.token_ids) for o in outs2)
+    assert batches[0]["generated_tokens_per_s"] > 0
 
 
 def test_server_rejects_prompt_longer_than_context(tiny_model_dir):

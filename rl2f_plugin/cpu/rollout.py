@@ -354,13 +354,21 @@ class HFRolloutServer:
                             item[3].set_exception(exc)
                     continue
                 self._batches += 1
+                seconds = time.time() - t0
+                delivered = [(ids[: item[2]], lps[: item[2]], reason)  # each request's own budget
+                             for item, (ids, lps, reason) in zip(batch, results, strict=True)]
+                generated = sum(len(ids) for ids, _, _ in delivered)
+                # tokens/s of any run can be read off the log: prompt tokens prefilled, tokens delivered
                 self._log({"event": "generate_batch", "size": len(batch), "max_new_tokens": max_new,
-                           "seconds": round(time.time() - t0, 3), "global_steps": self.global_steps,
-                           "weights_version": self.gen.weights_version, "checksum": self.gen.checksum})
-                for item, (ids, lps, reason) in zip(batch, results, strict=True):
-                    ids, lps = ids[: item[2]], lps[: item[2]]  # each request's own budget
+                           "prompt_tokens": sum(len(item[1]) for item in batch),
+                           "max_prompt_tokens": max(len(item[1]) for item in batch),
+                           "generated_tokens": generated, "seconds": round(seconds, 3),
+                           "generated_tokens_per_s": round(generated / seconds, 2) if seconds > 0 else None,
+                           "global_steps": self.global_steps, "weights_version": self.gen.weights_version,
+                           "checksum": self.gen.checksum})
+                for item, result in zip(batch, delivered, strict=True):
                     if not item[3].done():
-                        item[3].set_result((ids, lps, reason))
+                        item[3].set_result(result)
 
     async def _gather_wave(self, quiet_s: float = 0.05, max_wait_s: float = 0.5) -> None:
         """Let the requests of one agent-loop wave arrive: wait until none came for `quiet_s` (at most
