@@ -10,6 +10,7 @@ dataclasses), and the dataclass' own ``__post_init__`` checks ranges with `requi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -62,6 +63,11 @@ def check_value(path: str, value: Any, hint: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def build_options(cls: type, data: Any, path: str) -> Any:
     """An instance of dataclass `cls` from the mapping `data` (None = all defaults). Nested dataclass fields are
     built the same way; unknown keys and ill-typed values raise `ConfigError` naming ``path.key``."""
@@ -72,7 +78,7 @@ def build_options(cls: type, data: Any, path: str) -> Any:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     extra_allowed = getattr(cls, "_extra_keys_allowed", False)
     known = {f.name for f in dataclasses.fields(cls) if f.init and not (extra_allowed and f.name == "extra")}
     unknown = sorted(set(data) - known)
