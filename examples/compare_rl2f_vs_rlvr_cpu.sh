@@ -123,15 +123,30 @@ evaluate() {  # $1 = run name, $2 = model folder
       --problem-timeout 3600 > "$OUT/eval/$1.log" 2>&1 || [[ $? == 1 ]]  # exit 1 = some problems errored (kept)
 }
 
-report() {
-  local files=() labels=()
-  [[ -f "$OUT/eval/base.jsonl" ]] && files+=("$OUT/eval/base.jsonl") && labels+=("SmolLM2-135M (untrained)")
+report() {  # the table, plus paired differences: each run - untrained, RL2F - RLVR per seed and pooled, WM - RL2F
+  local files=() labels=() diffs=()
+  declare -A pos=()
+  [[ -f "$OUT/eval/base.jsonl" ]] && pos[base]=${#files[@]} && files+=("$OUT/eval/base.jsonl") \
+    && labels+=("SmolLM2-135M (untrained)")
   for spec in $RUNS; do
     local name="${spec%%:*}_s${spec##*:}"
-    [[ -f "$OUT/eval/$name.jsonl" ]] && files+=("$OUT/eval/$name.jsonl") && labels+=("$(label "$spec") ($STEPS steps)")
+    [[ -f "$OUT/eval/$name.jsonl" ]] || continue
+    pos[$name]=${#files[@]}; files+=("$OUT/eval/$name.jsonl"); labels+=("$(label "$spec") ($STEPS steps)")
   done
   [[ ${#files[@]} -gt 0 ]] || return 0
-  "$PY" -m rl2f_plugin.eval --compare "${files[@]}" --labels "${labels[@]}" \
+  local spec n
+  for spec in $RUNS; do
+    n="${spec%%:*}_s${spec##*:}"
+    [[ -n "${pos[$n]:-}" && -n "${pos[base]:-}" ]] && diffs+=("${pos[base]}:${pos[$n]}")
+  done
+  for s in 1 2; do
+    [[ -n "${pos[rlvr_cpu_s$s]:-}" && -n "${pos[rl2f_cpu_s$s]:-}" ]] && diffs+=("${pos[rlvr_cpu_s$s]}:${pos[rl2f_cpu_s$s]}")
+  done
+  [[ -n "${pos[rlvr_cpu_s1]:-}" && -n "${pos[rlvr_cpu_s2]:-}" && -n "${pos[rl2f_cpu_s1]:-}" && -n "${pos[rl2f_cpu_s2]:-}" ]] \
+    && diffs+=("${pos[rlvr_cpu_s1]},${pos[rlvr_cpu_s2]}:${pos[rl2f_cpu_s1]},${pos[rl2f_cpu_s2]}") \
+    && diffs+=("${pos[rlvr_cpu_s1]}:${pos[rlvr_cpu_s2]}" "${pos[rl2f_cpu_s1]}:${pos[rl2f_cpu_s2]}")  # seed spread
+  [[ -n "${pos[rl2f_cpu_s1]:-}" && -n "${pos[rl2f_wm_cpu_s1]:-}" ]] && diffs+=("${pos[rl2f_cpu_s1]}:${pos[rl2f_wm_cpu_s1]}")
+  "$PY" -m rl2f_plugin.eval --compare "${files[@]}" --labels "${labels[@]}" ${diffs[@]:+--diff "${diffs[@]}"} \
       --table "$OUT/compare.md" --plot "$OUT/compare.png" --summary-json "$OUT/compare.json" \
       --title "CPU, held-out arithmetic, K=$EVAL_TURNS, teacher $EVAL_TEACHER" >/dev/null \
       2>>"$OUT/report.log"

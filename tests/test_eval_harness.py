@@ -222,6 +222,32 @@ def test_samples_of_one_problem_are_averaged_before_bootstrap():
     assert s.cum_acc[0] == pytest.approx(0.75)
 
 
+def test_paired_difference_by_hand_and_pooled_runs(tmp_path, capsys):
+    # A solves problems 0,1 at turn 1; B solves 0 at turn 1, 1 at turn 2, 2 at turn 1; problem 3 errored in B
+    a = [_rec(0, 1), _rec(1, 1), _rec(2, 0), _rec(3, 0)]
+    b = [_rec(0, 1), _rec(1, 2), _rec(2, 1), {"record": "problem", "key": 3, "row": 3, "status": "error", "max_turns": 3}]
+    d = rpt.paired_difference([a], [b], name_a="A", name_b="B", max_turns=3, n_boot=300)
+    assert d.n_problems == 3  # only problems both evaluated
+    assert d.diff == pytest.approx([0.0, 1 / 3, 1 / 3])  # turn 1: +1 (problem 2) -1 (problem 1); turn 2: +1
+    assert (d.better, d.worse) == ([1, 1, 1], [1, 0, 0])
+    for t in range(3):
+        assert d.ci_low[t] <= d.diff[t] <= d.ci_high[t]
+    # pooling two runs of B averages them per problem: (B + A) - A = half of B - A
+    pooled = rpt.paired_difference([a], [b, a], name_a="A", name_b="(B + A)", max_turns=3, n_boot=300)
+    assert pooled.diff == pytest.approx([x / 2 for x in d.diff])
+    # through the CLI: positions of the --compare files
+    paths = []
+    for name, recs in (("a", a), ("b", b)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in [{"record": "run", "name": name, "max_turns": 3}] + recs) + "\n")
+        paths.append(str(path))
+    assert eval_main(["--compare", *paths, "--diff", "0:1", "--table", str(tmp_path / "t.md")]) == 0
+    table = (tmp_path / "t.md").read_text()
+    assert "| b - a | 3 | +0.000 [" in table and "| 1 / 1 | 1 / 0 |" in table
+    with pytest.raises(SystemExit, match="positions must be in 0..1"):
+        eval_main(["--compare", *paths, "--diff", "0:2"])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # end to end over HTTP
 # ------------------------------------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--table", help="write the Markdown table here (default OUT.md / stdout only for --compare)")
     c.add_argument("--plot", help="write the PNG plot here (default OUT.png)")
     c.add_argument("--summary-json", help="write the summaries as JSON here")
+    c.add_argument("--diff", nargs="+", metavar="A:B", default=[],
+                   help="paired differences B - A between --compare files, by position (0-based); a side may pool "
+                        "runs with commas, e.g. 0:1 1,3:2,4 (appended to the table)")
     c.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     c.add_argument("--title", help="plot title")
     return p
@@ -138,15 +141,41 @@ def make_student(args: argparse.Namespace):
     return backend, tokenizer, backend.model.config.model_type, f"hf:{path}"
 
 
+def _group_name(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else "(" + " + ".join(names) + ")"
+
+
+def _parse_diff(spec: str, n: int) -> tuple[list[int], list[int]]:
+    try:
+        a, b = spec.split(":")
+        sides = [[int(x) for x in side.split(",")] for side in (a, b)]
+    except ValueError:
+        raise SystemExit(f"--diff {spec!r}: expected A:B with file positions, e.g. 0:1 or 1,3:2,4") from None
+    if any(not 0 <= i < n for side in sides for i in side):
+        raise SystemExit(f"--diff {spec!r}: positions must be in 0..{n - 1} (the --compare files)")
+    return sides[0], sides[1]
+
+
 def report(paths: list[str], *, labels: list[str] | None, table: str | None, plot: str | None,
-           summary_json: str | None, n_boot: int, title: str | None = None, max_turns: int | None = None) -> str:
-    from .report import format_table, plot_cumulative, summarize_file
+           summary_json: str | None, n_boot: int, title: str | None = None, max_turns: int | None = None,
+           diffs: list[str] | None = None) -> str:
+    from .report import format_paired_table, format_table, load_records, paired_difference, plot_cumulative, summarize_file
 
     if labels and len(labels) != len(paths):
         raise SystemExit(f"--labels has {len(labels)} names for {len(paths)} files")
     summaries = [summarize_file(p, name=(labels[i] if labels else None), n_boot=n_boot, max_turns=max_turns)
                  for i, p in enumerate(paths)]
     text = format_table(summaries)
+    paired = []
+    if diffs:
+        runs = [load_records(p)[1] for p in paths]
+        k = max_turns or max(s.max_turns for s in summaries)
+        for spec in diffs:
+            a, b = _parse_diff(spec, len(paths))
+            paired.append(paired_difference([runs[i] for i in a], [runs[i] for i in b], max_turns=k, n_boot=n_boot,
+                                            name_a=_group_name([summaries[i].name for i in a]),
+                                            name_b=_group_name([summaries[i].name for i in b])))
+        text += "\n\n" + format_paired_table(paired)
     if table:
         os.makedirs(os.path.dirname(os.path.abspath(table)), exist_ok=True)
         with open(table, "w", encoding="utf-8") as f:
@@ -155,7 +184,7 @@ def report(paths: list[str], *, labels: list[str] | None, table: str | None, plo
         plot_cumulative(summaries, plot, title=title)
     if summary_json:
         with open(summary_json, "w", encoding="utf-8") as f:
-            json.dump([s.as_dict() for s in summaries], f, indent=2)
+            json.dump([s.as_dict() for s in summaries] + [d.as_dict() for d in paired], f, indent=2)
     return text
 
 
@@ -164,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("RL2F_LOG_LEVEL", "WARNING"))
     if args.compare:
         print(report(args.compare, labels=args.labels, table=args.table, plot=args.plot,
-                     summary_json=args.summary_json, n_boot=args.bootstrap, title=args.title))
+                     summary_json=args.summary_json, n_boot=args.bootstrap, title=args.title, diffs=args.diff))
         return 0
     if not args.data or not args.out:
         raise SystemExit("--data and --out are required (or use --compare FILES)")

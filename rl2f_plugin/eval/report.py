@@ -25,8 +25,8 @@ import numpy as np
 from .. import metrics
 from ..metrics import TrajectoryRecord, format_metric
 
-__all__ = ["RunSummary", "load_records", "trajectory_record", "summarize_run", "bootstrap_ci", "format_table",
-           "plot_cumulative", "summarize_file"]
+__all__ = ["RunSummary", "PairedDifference", "load_records", "trajectory_record", "summarize_run", "bootstrap_ci",
+           "format_table", "paired_difference", "format_paired_table", "plot_cumulative", "summarize_file"]
 
 
 @dataclass
@@ -193,6 +193,77 @@ def format_table(summaries: list[RunSummary]) -> str:
     lines.append("")
     lines.append("Cumulative accuracy at turn t = share of problems first solved at or before turn t, "
                  "with 95% percentile-bootstrap CIs over problems; errored problems are excluded and counted.")
+    return "\n".join(lines)
+
+
+@dataclass
+class PairedDifference:
+    """B - A in cumulative accuracy by turn over the problems both evaluated (paired: the same problems), with a
+    95% bootstrap CI over those problems. A and B may each pool several runs (e.g. two seeds): a problem's value
+    is then the mean over the runs."""
+
+    a: str
+    b: str
+    n_problems: int
+    max_turns: int
+    diff: list[float]
+    ci_low: list[float]
+    ci_high: list[float]
+    better: list[int]
+    """Per turn: problems where B's value is higher than A's."""
+    worse: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _per_problem(records: Iterable[dict[str, Any]], k: int) -> dict[Any, list[float]]:
+    """Problem -> its cumulative accuracy by turn (`metrics.cumulative_accuracy` over its samples)."""
+    by_problem: "OrderedDict[Any, list[int]]" = OrderedDict()
+    for r in records:
+        if r.get("status") == "ok":
+            by_problem.setdefault(r.get("row", r["key"]), []).append(trajectory_record(r).solved_at_turn)
+    return {p: metrics.cumulative_accuracy(solved, k) for p, solved in by_problem.items()}
+
+
+def paired_difference(runs_a: Sequence[Sequence[dict[str, Any]]], runs_b: Sequence[Sequence[dict[str, Any]]], *,
+                      name_a: str, name_b: str, max_turns: int, n_boot: int = 2000, seed: int = 0) -> PairedDifference:
+    """`PairedDifference` of the run group B over the run group A (each a list of runs' final problem records)."""
+    k = int(max_turns)
+    per_a = [_per_problem(r, k) for r in runs_a]
+    per_b = [_per_problem(r, k) for r in runs_b]
+    common = [p for p in per_a[0] if all(p in d for d in per_a + per_b)]
+
+    def mean_over_runs(runs: list[dict[Any, list[float]]], p: Any) -> np.ndarray:
+        return np.mean([d[p] for d in runs], axis=0)
+
+    deltas = [mean_over_runs(per_b, p) - mean_over_runs(per_a, p) for p in common]
+
+    def stat(units: list[np.ndarray]) -> list[float]:
+        return list(np.mean(units, axis=0)) if units else [float("nan")] * k
+
+    ci = bootstrap_ci(deltas, stat, n_boot=n_boot, seed=seed)
+    return PairedDifference(
+        a=name_a, b=name_b, n_problems=len(common), max_turns=k, diff=[float(x) for x in stat(deltas)],
+        ci_low=[float(x) for x in ci[0]], ci_high=[float(x) for x in ci[1]],
+        better=[int(sum(d[t] > 1e-12 for d in deltas)) for t in range(k)],
+        worse=[int(sum(d[t] < -1e-12 for d in deltas)) for t in range(k)])
+
+
+def format_paired_table(diffs: list[PairedDifference]) -> str:
+    k = max(d.max_turns for d in diffs)
+    head = ["B - A", "problems"] + [f"turn {t}" for t in range(1, k + 1)] + ["B better / worse (turn 1)",
+                                                                            f"B better / worse (turn {k})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for d in diffs:
+        cells = [f"{d.b} - {d.a}", str(d.n_problems)]
+        cells += [f"{d.diff[t]:+.3f} [{d.ci_low[t]:+.3f}, {d.ci_high[t]:+.3f}]" for t in range(d.max_turns)]
+        cells += ["-"] * (k - d.max_turns)
+        cells += [f"{d.better[0]} / {d.worse[0]}", f"{d.better[-1]} / {d.worse[-1]}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Paired differences in cumulative accuracy on the problems both sides evaluated, with 95% "
+                 "percentile-bootstrap CIs over those problems; a side that pools runs (seeds) averages them per problem.")
     return "\n".join(lines)
 
 
