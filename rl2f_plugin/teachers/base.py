@@ -124,8 +124,8 @@ class TeacherConfig:
                 get_teacher_class(key)
             except UnknownTeacherError:
                 known = ["name", "max_tokens", "temperature", "prompt_version"]
-                raise ConfigError(f"rl2f.teacher.{key}: unknown key; known keys: {', '.join(known)}, or a "
-                                  f"registered teacher's options section") from None
+                raise ConfigError(f"rl2f.teacher.{key}: unknown key; known keys: {', '.join(known)}, or the options "
+                                  f"section of a registered teacher ({', '.join(sorted(TEACHER_REGISTRY))})") from None
             self.options_for(key)
         self.options_for(self.name)
 
