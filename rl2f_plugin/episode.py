@@ -83,6 +83,15 @@ class EpisodeRecord:
         return next((i for i, t in enumerate(self.turns, start=1) if t.verdict.correct), 0)
 
     @property
+    def leaks(self) -> int:
+        return sum(t.leaks for t in self.turns)
+
+    @property
+    def leaked_turns(self) -> int:
+        """Feedback turns that fell back to the safe generic feedback after leaks."""
+        return sum(t.fell_back for t in self.turns)
+
+    @property
     def feedback_turns(self) -> int:
         return sum(t.delivered for t in self.turns)
 
@@ -94,13 +103,13 @@ class EpisodeRecord:
         """The record `rl2f_plugin.metrics` computes cumulative accuracy, leak rate, ... from."""
         return TrajectoryRecord(
             solved_at_turn=self.solved_at, num_student_turns=len(self.turns), max_turns=self.max_turns,
-            leaks=sum(t.leaks for t in self.turns), leaked_turns=sum(t.fell_back for t in self.turns),
+            leaks=self.leaks, leaked_turns=self.leaked_turns,
             feedback_tokens=feedback_tokens, feedback_turns=self.feedback_turns, data_source=data_source or self.task)
 
     def extra_fields(self, feedback_tokens: int = 0) -> dict[str, Any]:
         """The trajectory's ``extra_fields`` (`rl2f_plugin.schema` keys), read by metrics, loss and evaluation."""
         solved, k = self.solved_at, self.max_turns
-        leaks, fell_back = sum(t.leaks for t in self.turns), sum(t.fell_back for t in self.turns)
+        leaks, fell_back = self.leaks, self.leaked_turns
         teacher_errors = sum(t.teacher_error is not None for t in self.turns)
         return {
             schema.EF_TURN_CORRECT: self.turn_correct,
