@@ -41,7 +41,10 @@ import ray
 import torch
 
 from verl.workers.rollout.base import BaseRollout
+
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
+
+from .engine import Completion, ContinuousBatcher, SamplingParams
 
 logger = logging.getLogger("rl2f_plugin.cpu.rollout")
 logger.setLevel(os.environ.get("VERL_LOGGING_LEVEL", "INFO"))
@@ -49,6 +52,7 @@ logger.setLevel(os.environ.get("VERL_LOGGING_LEVEL", "INFO"))
 ROLLOUT_LOG_ENV = "RL2F_CPU_ROLLOUT_LOG"
 THREADS_ENV = "RL2F_CPU_ROLLOUT_THREADS"
 SYNC_BUCKET_ENV = "RL2F_CPU_SYNC_BUCKET_MB"
+PREFIX_CACHE_ENV = "RL2F_CPU_PREFIX_CACHE_TOKENS"
 
 
 def server_actor_name(replica_rank: int, name_suffix: str = "", kind: str = "") -> str:
@@ -84,18 +88,47 @@ def _model_path(model_config: Any) -> str:
     raise ValueError("rollout model config has neither local_path nor path")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions (AVX512-BF16 / AMX on x86, BF16 on Arm): then bf16
+    decoding is ~1.5x faster than fp32 here; without them torch emulates bf16 and it is slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_dtype(name: Any) -> torch.dtype:
+    """The rollout's dtype from verl's ``rollout.dtype`` (default bfloat16): bf16 only where the CPU has native
+    bf16 instructions, otherwise float32 (logged)."""
+    text = str(name or "bfloat16").replace("torch.", "").lower()
+    aliases = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32",
+               "fp16": "float16", "float16": "float16", "half": "float16"}
+    if text not in aliases:
+        raise ValueError(f"actor_rollout_ref.rollout.dtype: unknown dtype {name!r}; known: bfloat16, float32, float16")
+    dtype = getattr(torch, aliases[text])
+    if dtype == torch.bfloat16 and not native_bf16():
+        logger.info("rl2f hf rollout: this CPU has no native bf16 instructions; decoding in float32")
+        return torch.float32
+    return dtype
+
+
 class HFGenerator:
-    """The model plus batched sampling; used by `HFRolloutServer` and directly by tests (no Ray)."""
+    """The model, its weight updates and the continuous-batching engine; used by `HFRolloutServer` and directly by
+    tests (no Ray)."""
 
     def __init__(self, model_path: str | None = None, model: Optional[torch.nn.Module] = None, *,
-                 eos_token_ids: Optional[list[int]] = None, pad_token_id: Optional[int] = None):
+                 eos_token_ids: Optional[list[int]] = None, pad_token_id: Optional[int] = None,
+                 dtype: torch.dtype = torch.float32, max_batch: int = 64, prefix_cache_tokens: int = 32768):
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         if model is None:
             if model_path is None:
                 raise ValueError("HFGenerator needs model_path or model")
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
-        self.model = model.to(torch.float32).eval()
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        self.model = model.to(dtype).eval()
+        self.dtype = dtype
         gen_cfg = None
         if model_path is not None:
             try:
@@ -111,8 +144,13 @@ class HFGenerator:
         if pad_token_id is None:
             pad_token_id = self.eos_token_ids[0] if self.eos_token_ids else 0
         self.pad_token_id = int(pad_token_id)
-        self.weights_version = 0
+        self.engine = ContinuousBatcher(self.model, eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id,
+                                        max_batch=max_batch, prefix_cache_tokens=prefix_cache_tokens)
         self.checksum = weights_checksum(self.model.state_dict().items())
+
+    @property
+    def weights_version(self) -> int:
+        return self.engine.weights_version
 
     @torch.no_grad()
     def load_weights(self, named_tensors) -> tuple[int, int]:
@@ -123,7 +161,9 @@ class HFGenerator:
         return self.end_update(), 0
 
     def begin_update(self) -> None:
-        self._update = {"loaded": 0, "checksum": 0.0}
+        with self.engine.lock:
+            self.engine.clear_prefix_cache()
+            self._update = {"loaded": 0, "checksum": 0.0}
 
     @torch.no_grad()
     def load_chunk(self, named_tensors) -> int:
@@ -141,7 +181,10 @@ class HFGenerator:
             target = params[name]
             if tuple(target.shape) != tuple(tensor.shape):
                 raise ValueError(f"weight {name}: rollout has shape {tuple(target.shape)}, actor sent {tuple(tensor.shape)}")
-            target.copy_(tensor.to(dtype=target.dtype))
+        with self.engine.lock:
+            for name, tensor in items:
+                params[name].copy_(tensor.to(dtype=params[name].dtype))
+        # the checksum is of what the actor sent (full precision), so it can be compared with the actor's weights
         self._update["loaded"] += len(items)
         self._update["checksum"] += weights_checksum(items)
         return len(items)
@@ -150,68 +193,31 @@ class HFGenerator:
         update, self._update = self._update, None
         if not update or update["loaded"] == 0:
             raise ValueError("weight update carried no tensors")
-        self.weights_version += 1
+        with self.engine.lock:
+            self.engine.clear_prefix_cache()  # keys/values computed by the old weights are stale
+            self.engine.weights_version += 1
         self.checksum = update["checksum"]
         return update["loaded"]
 
-    @torch.no_grad()
-    def generate_batch(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-                       top_p: float = 1.0, top_k: int = -1, repetition_penalty: float = 1.0,
-                       stop_token_ids: Optional[list[int]] = None, ignore_eos: bool = False,
-                       seed: Optional[int] = None) -> list[tuple[list[int], list[float], str]]:
-        """Sample continuations for token-id prompts. Returns (token_ids, log_probs, finish_reason) per prompt.
+    def sampling_params(self, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = -1,
+                        repetition_penalty: float = 1.0, stop_token_ids: Optional[list[int]] = None,
+                        ignore_eos: bool = False, seed: Optional[int] = None) -> SamplingParams:
+        stops = set() if ignore_eos else set(self.eos_token_ids)
+        stops |= {int(s) for s in (stop_token_ids or [])}
+        return SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature or 0.0),
+                              top_p=float(top_p if top_p is not None else 1.0),
+                              top_k=int(top_k) if top_k is not None else -1,
+                              repetition_penalty=float(repetition_penalty or 1.0), stop_token_ids=frozenset(stops),
+                              seed=seed)
 
-        log_probs are the model's raw log-probabilities of the sampled tokens (before temperature/top-p).
-        """
-        if not prompts:
-            return []
-        stops = [] if ignore_eos else list(self.eos_token_ids)
-        stops += [int(s) for s in (stop_token_ids or []) if int(s) not in stops]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError("empty prompt")
-            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attention[i, width - len(p):] = 1
-        do_sample = temperature is not None and float(temperature) > 0.0
-        kwargs: dict[str, Any] = dict(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=int(max_new_tokens),
-            do_sample=do_sample, pad_token_id=self.pad_token_id, return_dict_in_generate=True, output_logits=True,
-            repetition_penalty=float(repetition_penalty or 1.0),
-            eos_token_id=stops if stops else None,
-        )
-        if do_sample:
-            kwargs.update(temperature=float(temperature), top_p=float(top_p if top_p is not None else 1.0),
-                          top_k=int(top_k) if top_k is not None and int(top_k) > 0 else 0)
-        if ignore_eos:
-            kwargs["min_new_tokens"] = int(max_new_tokens)
-        generator_state = None
-        if seed is not None:
-            generator_state = torch.get_rng_state()
-            torch.manual_seed(int(seed))
-        try:
-            out = self.model.generate(**kwargs)
-        finally:
-            if generator_state is not None:
-                torch.set_rng_state(generator_state)
-        new_tokens = out.sequences[:, width:]
-        steps = len(out.logits)
-        logprobs = torch.stack([torch.log_softmax(l.float(), dim=-1) for l in out.logits], dim=1) if steps else None
-        results = []
-        stop_set = set(stops)
-        for i in range(len(prompts)):
-            ids = new_tokens[i].tolist()
-            n, reason = len(ids), "length"
-            for j, tok in enumerate(ids):
-                if tok in stop_set:
-                    n, reason = j + 1, "stop"
-                    break
-            ids = ids[:n]
-            lps = [] if logprobs is None else logprobs[i, torch.arange(n), torch.tensor(ids, dtype=torch.long)].tolist()
-            results.append((ids, lps, reason))
-        return results
+    def generate_batch(self, prompts: list[list[int]], *, max_new_tokens: int, seed: Optional[int] = None,
+                       **sampling: Any) -> list[tuple[list[int], list[float], str]]:
+        """Sample continuations for token-id prompts in the calling thread. Returns (token_ids, log_probs,
+        finish_reason) per prompt; log_probs are the model's raw log-probabilities of the sampled tokens (before
+        temperature/top-k/top-p). With ``seed``, prompt i is sampled with seed ``seed + i``."""
+        params = [self.sampling_params(max_new_tokens=max_new_tokens, seed=None if seed is None else int(seed) + i,
+                                       **sampling) for i in range(len(prompts))]
+        return [(c.token_ids, c.log_probs, c.finish_reason) for c in self.engine.generate(prompts, params)]
 
 
 class HFRolloutServer:
@@ -224,7 +230,10 @@ class HFRolloutServer:
         self.replica_rank = replica_rank
         self.name = name or server_actor_name(replica_rank)
         self.model_path = _model_path(model_config)
-        self.gen = HFGenerator(self.model_path)
+        self.max_batch = max(1, int(_cfg_get(config, "max_num_seqs", 64) or 64))
+        self.gen = HFGenerator(self.model_path, dtype=resolve_dtype(_cfg_get(config, "dtype", "bfloat16")),
+                               max_batch=self.max_batch,
+                               prefix_cache_tokens=int(os.environ.get(PREFIX_CACHE_ENV, "32768") or 0))
         self.global_steps = 0
         self.prompt_length = int(_cfg_get(config, "prompt_length", 512))
         self.response_length = int(_cfg_get(config, "response_length", 512))
@@ -233,17 +242,18 @@ class HFRolloutServer:
         self.max_model_len = int(_cfg_get(config, "max_model_len", None)
                                  or getattr(self.gen.model.config, "max_position_embeddings", 0)
                                  or (self.prompt_length + self.response_length))
-        self.max_batch = max(1, int(_cfg_get(config, "max_num_seqs", 64) or 64))
         self.base_seed = _cfg_get(config, "seed", None)
-        self._pending: list[tuple[tuple, list[int], int, asyncio.Future]] = []
-        self._wakeup: Optional[asyncio.Event] = None
-        self._worker: Optional[asyncio.Task] = None
-        self._model_lock = threading.Lock()
-        self._log_path = os.environ.get(ROLLOUT_LOG_ENV) or None
+        self._requests = 0
         self._batches = 0
-        self._log({"event": "init", "model_path": self.model_path, "threads": threads,
-                   "checksum": self.gen.checksum, "weights_version": self.gen.weights_version})
-
+        self._period: list[dict] = []  # requests served since the engine was last idle
+        self._period_start: Optional[float] = None
+        self._period_lock = threading.Lock()
+        self._log_path = os.environ.get(ROLLOUT_LOG_ENV) or None
+        self.gen.engine.on_idle = self._log_period
+        self.gen.engine.start()
+        self._log({"event": "init", "model_path": self.model_path, "threads": threads, "dtype": str(self.gen.dtype),
+                   "max_batch": self.max_batch, "checksum": self.gen.checksum,
+                   "weights_version": self.gen.weights_version})
     # -- bookkeeping ------------------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
         import resource
@@ -274,25 +284,21 @@ class HFRolloutServer:
 
     async def begin_weight_update(self) -> None:
         self._update_t0 = time.time()
-        await asyncio.to_thread(self._locked, self.gen.begin_update)
+        await asyncio.to_thread(self.gen.begin_update)
 
     async def load_weight_chunk(self, weights: Any) -> int:
         if isinstance(weights, ray.ObjectRef):
             weights = await weights
-        return await asyncio.to_thread(self._locked, self.gen.load_chunk, weights)
+        return await asyncio.to_thread(self.gen.load_chunk, weights)
 
     async def finish_weight_update(self, global_steps: Optional[int] = None) -> dict:
-        loaded = await asyncio.to_thread(self._locked, self.gen.end_update)
+        loaded = await asyncio.to_thread(self.gen.end_update)
         if global_steps is not None:
             self.global_steps = int(global_steps)
         status = self.status()
         seconds = round(time.time() - getattr(self, "_update_t0", time.time()), 3)
         self._log({"event": "update_weights", "tensors": loaded, "seconds": seconds, **status})
         return status
-
-    def _locked(self, fn, *args):
-        with self._model_lock:
-            return fn(*args)
 
     # -- generation ------------------------------------------------------------------------------------------
     async def generate(self, request_id: str = "", *, prompt_ids: list[int], sampling_params: dict[str, Any],
@@ -311,77 +317,63 @@ class HFRolloutServer:
         else:
             max_tokens = min(self.response_length, self.prompt_length + self.response_length - len(prompt_ids))
         max_tokens = max(1, min(int(max_tokens), max_possible))
-        key = (
-            float(params.get("temperature", 1.0) if params.get("temperature") is not None else 1.0),
-            float(params.get("top_p", 1.0) if params.get("top_p") is not None else 1.0),
-            int(params.get("top_k", -1) if params.get("top_k") is not None else -1),
-            float(params.get("repetition_penalty", 1.0) or 1.0),
-            tuple(int(s) for s in (params.get("stop_token_ids") or ())),
-            bool(params.get("ignore_eos", False)),
-        )
-        if self._wakeup is None:
-            self._wakeup = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._batch_loop())
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((key, prompt_ids, max_tokens, future))
-        self._wakeup.set()
-        ids, lps, reason = await future
-        return TokenOutput(token_ids=ids, log_probs=lps, stop_reason="completed" if reason in ("stop", "length") else reason,
-                           extra_fields={"global_steps": self.global_steps, "weights_version": self.gen.weights_version})
+        seed = None
+        if self.base_seed is not None:
+            seed = int(self.base_seed) + 1_000_003 * self.replica_rank + self._requests
+        self._requests += 1
+        sp = self.gen.sampling_params(
+            max_new_tokens=max_tokens,
+            temperature=params.get("temperature", 1.0) if params.get("temperature") is not None else 1.0,
+            top_p=params.get("top_p", 1.0), top_k=params.get("top_k", -1),
+            repetition_penalty=params.get("repetition_penalty", 1.0), stop_token_ids=params.get("stop_token_ids"),
+            ignore_eos=bool(params.get("ignore_eos", False)), seed=seed)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
 
-    async def _batch_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            await self._gather_wave()
-            while self._pending:
-                key = self._pending[0][0]
-                batch = [p for p in self._pending if p[0] == key][: self.max_batch]
-                for item in batch:
-                    self._pending.remove(item)
-                max_new = max(item[2] for item in batch)
-                temperature, top_p, top_k, rep, stops, ignore_eos = key
-                seed = None if self.base_seed is None else int(self.base_seed) + self.replica_rank + self._batches
-                t0 = time.time()
-                try:
-                    results = await asyncio.to_thread(
-                        self._generate_locked, [item[1] for item in batch], max_new_tokens=max_new,
-                        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=rep,
-                        stop_token_ids=list(stops), ignore_eos=ignore_eos, seed=seed)
-                except Exception as exc:  # noqa: BLE001 - deliver the error to every waiting request
-                    for item in batch:
-                        if not item[3].done():
-                            item[3].set_exception(exc)
-                    continue
-                self._batches += 1
-                seconds = time.time() - t0
-                delivered = [(ids[: item[2]], lps[: item[2]], reason)  # each request's own budget
-                             for item, (ids, lps, reason) in zip(batch, results, strict=True)]
-                generated = sum(len(ids) for ids, _, _ in delivered)
-                # tokens/s of any run can be read off the log: prompt tokens prefilled, tokens delivered
-                self._log({"event": "generate_batch", "size": len(batch), "max_new_tokens": max_new,
-                           "prompt_tokens": sum(len(item[1]) for item in batch),
-                           "max_prompt_tokens": max(len(item[1]) for item in batch),
-                           "generated_tokens": generated, "seconds": round(seconds, 3),
-                           "generated_tokens_per_s": round(generated / seconds, 2) if seconds > 0 else None,
-                           "global_steps": self.global_steps, "weights_version": self.gen.weights_version,
-                           "checksum": self.gen.checksum})
-                for item, result in zip(batch, delivered, strict=True):
-                    if not item[3].done():
-                        item[3].set_result(result)
+        def deliver(result):  # in the engine thread, before it reports idle
+            if isinstance(result, Completion):
+                record = {"request_id": request_id, "submitted": round(result.submitted, 4),
+                          "finished": round(result.finished, 4), "prompt_tokens": result.prompt_tokens,
+                          "reused_prompt_tokens": result.reused_prompt_tokens,
+                          "generated_tokens": len(result.token_ids), "max_tokens": max_tokens,
+                          "finish_reason": result.finish_reason, "weights_version": result.weights_version}
+                with self._period_lock:
+                    self._period.append(record)
+            loop.call_soon_threadsafe(lambda: future.done() or (
+                future.set_exception(result) if isinstance(result, BaseException) else future.set_result(result)))
 
-    async def _gather_wave(self, quiet_s: float = 0.05, max_wait_s: float = 0.5) -> None:
-        """Let the requests of one agent-loop wave arrive: wait until none came for `quiet_s` (at most
-        `max_wait_s`), so they share one batched ``generate`` (a few ms against seconds of decoding)."""
-        waited, seen = 0.0, -1
-        while waited < max_wait_s and len(self._pending) != seen and len(self._pending) < self.max_batch:
-            seen = len(self._pending)
-            await asyncio.sleep(quiet_s)
-            waited += quiet_s
+        with self._period_lock:
+            if self._period_start is None:
+                self._period_start = time.time()
+        self.gen.engine.submit(prompt_ids, sp, deliver)
+        done: Completion = await future
+        return TokenOutput(token_ids=done.token_ids, log_probs=done.log_probs, stop_reason="completed",
+                           extra_fields={"global_steps": self.global_steps, "weights_version": done.weights_version})
 
-    def _generate_locked(self, prompts, **kwargs):
-        with self._model_lock:
-            return self.gen.generate_batch(prompts, **kwargs)
+    def _log_period(self) -> None:
+        """Called by the engine thread when it runs dry: one ``generate_batch`` line for the busy period (the
+        requests served since it last was idle) and one ``request`` line per request (what bench_rollout replays)."""
+        with self._period_lock:
+            period, start = self._period, self._period_start
+            self._period, self._period_start = [], None
+        if not period or start is None:
+            return
+        self._batches += 1
+        seconds = max(r["finished"] for r in period) - start
+        generated = sum(r["generated_tokens"] for r in period)
+        stats = dict(self.gen.engine.stats)
+        for record in period:
+            self._log({"event": "request", **record, "global_steps": self.global_steps})
+        # tokens/s of any run can be read off the log: prompt tokens (and how many came from the prefix cache)
+        self._log({"event": "generate_batch", "size": len(period), "max_new_tokens": max(r["max_tokens"] for r in period),
+                   "prompt_tokens": sum(r["prompt_tokens"] for r in period),
+                   "max_prompt_tokens": max(r["prompt_tokens"] for r in period),
+                   "reused_prompt_tokens": sum(r["reused_prompt_tokens"] for r in period),
+                   "generated_tokens": generated, "seconds": round(seconds, 3),
+                   "generated_tokens_per_s": round(generated / seconds, 2) if seconds > 0 else None,
+                   "engine_steps": stats["steps"], "engine_max_rows": stats["max_rows"],
+                   "global_steps": self.global_steps, "weights_version": self.gen.weights_version,
+                   "checksum": self.gen.checksum})
 
     # -- lifecycle hooks verl calls on every server -----------------------------------------------------------
     async def wake_up(self):
@@ -403,11 +395,10 @@ class HFRolloutServer:
         return {"aborted_count": 0, "request_ids": []}
 
     async def resume_generation(self):
-        if self._wakeup is not None:
-            self._wakeup.set()
+        return None
 
     async def wait_for_requests_to_drain(self):
-        while self._pending:
+        while self.gen.engine.busy:
             await asyncio.sleep(0.05)
 
     async def start_profile(self, **kwargs):
@@ -415,6 +406,8 @@ class HFRolloutServer:
 
     async def stop_profile(self):
         return None
+
+
 
 
 class HFRolloutReplica(RolloutReplica):
@@ -435,7 +428,7 @@ class HFRolloutReplica(RolloutReplica):
         node_id = await worker.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
         kind = "reward" if self.is_reward_model else ("teacher" if self.is_teacher_model else "")
         name = server_actor_name(self.replica_rank, self.name_suffix, kind)
-        env_vars = {k: os.environ[k] for k in ("VERL_PLATFORM", ROLLOUT_LOG_ENV, THREADS_ENV, SYNC_BUCKET_ENV)
+        env_vars = {k: os.environ[k] for k in ("VERL_PLATFORM", ROLLOUT_LOG_ENV, THREADS_ENV, SYNC_BUCKET_ENV, PREFIX_CACHE_ENV)
                     if k in os.environ}
         server = (
             ray.remote(HFRolloutServer)
