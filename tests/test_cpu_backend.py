@@ -224,7 +224,7 @@ def test_server_batches_concurrent_requests_and_tags_weight_version(tiny_model_d
     monkeypatch.setenv("RL2F_CPU_ROLLOUT_LOG", str(log))
     config = RolloutConfig(name="hf", prompt_length=16, response_length=6, max_num_seqs=8)
     server = HFRolloutServer(config, SimpleNamespace(path=tiny_model_dir), replica_rank=0)
-    params = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+    params = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": True, "ignore_eos": True}
 
     async def wave():
         return await asyncio.gather(*[server.generate(f"r{i}", prompt_ids=p, sampling_params=dict(params))
@@ -232,12 +232,15 @@ def test_server_batches_concurrent_requests_and_tags_weight_version(tiny_model_d
 
     async def scenario():
         outs1 = await wave()
+        # the next turn of conversation 0: its prompt + reply + a feedback token; served from the prefix cache
+        turn2 = await server.generate("t2", prompt_ids=PROMPTS[0] + outs1[0].token_ids + [7],
+                                      sampling_params=dict(params))
         state = {k: v + 0.3 for k, v in server.gen.model.state_dict().items()}
         status = await server.update_weights(state, global_steps=1)
         outs2 = await wave()
-        return outs1, status, outs2
+        return outs1, turn2, status, outs2
 
-    outs1, status, outs2 = asyncio.run(scenario())
+    outs1, turn2, status, outs2 = asyncio.run(scenario())
     assert all(isinstance(o, TokenOutput) for o in outs1 + outs2)
     assert all(1 <= len(o.token_ids) <= 6 and len(o.log_probs) == len(o.token_ids) for o in outs1 + outs2)
     assert {o.extra_fields["global_steps"] for o in outs1} == {0}
@@ -245,13 +248,21 @@ def test_server_batches_concurrent_requests_and_tags_weight_version(tiny_model_d
     assert status["weights_version"] == 1
     events = [json.loads(line) for line in log.read_text().splitlines()]
     batches = [e for e in events if e["event"] == "generate_batch"]
-    assert [b["size"] for b in batches] == [3, 3]  # one batched generate per wave of concurrent requests
-    assert batches[1]["checksum"] == status["checksum"] != batches[0]["checksum"]
+    assert [b["size"] for b in batches] == [3, 1, 3]  # one line per busy period of the engine
+    requests = [e for e in events if e["event"] == "request"]
+    assert [r["log_id"] for r in requests] == [0, 1, 2, 3, 4, 5, 6]
+    first = next(r for r in requests if r["request_id"] == "r0")
+    second = next(r for r in requests if r["request_id"] == "t2")
+    assert second["parent"] == first["log_id"] and first["parent"] is None  # what bench_rollout replays
+    assert second["reused_prompt_tokens"] == len(PROMPTS[0]) + len(outs1[0].token_ids) - 1
+    # after the weight update the same conversation is prefilled afresh (the cache held old keys/values)
+    assert all(r["reused_prompt_tokens"] == 0 for r in requests[4:])
+    assert batches[2]["checksum"] == status["checksum"] != batches[0]["checksum"]
     # per-batch token counts, so tokens/s can be read off any run's log
     assert batches[0]["prompt_tokens"] == sum(len(p) for p in PROMPTS)
     assert batches[0]["max_prompt_tokens"] == max(len(p) for p in PROMPTS)
     assert batches[0]["generated_tokens"] == sum(len(o.token_ids) for o in outs1)
-    assert batches[1]["generated_tokens"] == sum(len(o.token_ids) for o in outs2)
+    assert batches[2]["generated_tokens"] == sum(len(o.token_ids) for o in outs2)
     assert batches[0]["generated_tokens_per_s"] > 0
 
 

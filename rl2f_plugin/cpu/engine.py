@@ -216,6 +216,7 @@ class ContinuousBatcher:
         _register_attention()
         model.set_attn_implementation(ATTENTION)
         self.model = model
+        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
         self.eos_token_ids = [int(e) for e in eos_token_ids]
         self.pad_token_id = int(pad_token_id)
         self.max_batch = max(1, int(max_batch))
@@ -238,6 +239,9 @@ class ContinuousBatcher:
                on_done: Callable[[Completion | BaseException], None]) -> None:
         if not prompt_ids:
             raise ValueError("empty prompt")
+        bad = [t for t in prompt_ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} outside the model's vocabulary (size {self.vocab_size})")
         row = _Row(prompt=[int(t) for t in prompt_ids], params=params, on_done=on_done, submitted=time.time())
         if params.seed is not None:
             row.generator = torch.Generator().manual_seed(int(params.seed))
@@ -256,6 +260,8 @@ class ContinuousBatcher:
         for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
             self.submit(prompt, p, lambda r, i=i: results.__setitem__(i, r))
         while any(r is None for r in results):
+            if not self.busy:
+                raise RuntimeError("engine went idle with requests unanswered")
             with self.lock:
                 self.step()
         for r in results:
@@ -322,16 +328,22 @@ class ContinuousBatcher:
             return
         for row in new:
             row.weights_version = self.weights_version
-        misses: list[_Row] = []
-        for row in new:
-            prompt = torch.tensor(row.prompt, dtype=torch.long)
-            n, kv = self.prefix_cache.longest_prefix(prompt)
-            if n >= MIN_REUSED_PREFIX:
-                self._prefill_suffix(row, n, kv)
-            else:
-                misses.append(row)
-        if misses:
-            self._prefill(misses)
+        try:
+            misses: list[_Row] = []
+            for row in new:
+                prompt = torch.tensor(row.prompt, dtype=torch.long)
+                n, kv = self.prefix_cache.longest_prefix(prompt)
+                if n >= MIN_REUSED_PREFIX:
+                    self._prefill_suffix(row, n, kv)
+                else:
+                    misses.append(row)
+            if misses:
+                self._prefill(misses)
+        except Exception as exc:  # noqa: BLE001 - the requests being admitted fail; running rows go on
+            joined = {id(row) for row in self._rows}
+            for row in new:
+                if id(row) not in joined:
+                    row.on_done(exc)
 
     def _prefill(self, rows: list[_Row]) -> None:
         """Prefill prompts without a cached prefix in one left-padded batch; identical prompts once."""

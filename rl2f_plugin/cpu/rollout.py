@@ -30,11 +30,13 @@ step 2 was generated with the weights produced by step 1.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Optional
 
 import ray
@@ -244,6 +246,7 @@ class HFRolloutServer:
                                  or (self.prompt_length + self.response_length))
         self.base_seed = _cfg_get(config, "seed", None)
         self._requests = 0
+        self._conversations: "OrderedDict[int, tuple[int, ...]]" = OrderedDict()
         self._batches = 0
         self._period: list[dict] = []  # requests served since the engine was last idle
         self._period_start: Optional[float] = None
@@ -320,7 +323,7 @@ class HFRolloutServer:
         seed = None
         if self.base_seed is not None:
             seed = int(self.base_seed) + 1_000_003 * self.replica_rank + self._requests
-        self._requests += 1
+        log_id, self._requests = self._requests, self._requests + 1
         sp = self.gen.sampling_params(
             max_new_tokens=max_tokens,
             temperature=params.get("temperature", 1.0) if params.get("temperature") is not None else 1.0,
@@ -329,10 +332,19 @@ class HFRolloutServer:
             ignore_eos=bool(params.get("ignore_eos", False)), seed=seed)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        # for bench_rollout's replay: which earlier conversation this prompt continues (verl gives every turn a
+        # fresh request id), and which prompts are identical
+        prompt_hash = hashlib.blake2b(str(prompt_ids).encode(), digest_size=6).hexdigest()
+        parent = self._continued_conversation(prompt_ids)
 
         def deliver(result):  # in the engine thread, before it reports idle
             if isinstance(result, Completion):
-                record = {"request_id": request_id, "submitted": round(result.submitted, 4),
+                with self._period_lock:
+                    self._conversations[log_id] = tuple(prompt_ids) + tuple(result.token_ids)
+                    while len(self._conversations) > 512:
+                        self._conversations.popitem(last=False)
+                record = {"request_id": request_id, "log_id": log_id, "parent": parent, "prompt_hash": prompt_hash,
+                          "submitted": round(result.submitted, 4),
                           "finished": round(result.finished, 4), "prompt_tokens": result.prompt_tokens,
                           "reused_prompt_tokens": result.reused_prompt_tokens,
                           "generated_tokens": len(result.token_ids), "max_tokens": max_tokens,
@@ -349,6 +361,16 @@ class HFRolloutServer:
         done: Completion = await future
         return TokenOutput(token_ids=done.token_ids, log_probs=done.log_probs, stop_reason="completed",
                            extra_fields={"global_steps": self.global_steps, "weights_version": done.weights_version})
+
+    def _continued_conversation(self, prompt_ids: list[int]) -> Optional[int]:
+        """log_id of the longest recent conversation (prompt + reply) this prompt starts with."""
+        best, best_len = None, 0
+        with self._period_lock:
+            recent = list(self._conversations.items())
+        for log_id, seq in recent:
+            if best_len < len(seq) <= len(prompt_ids) and tuple(prompt_ids[: len(seq)]) == seq:
+                best, best_len = log_id, len(seq)
+        return best
 
     def _log_period(self) -> None:
         """Called by the engine thread when it runs dry: one ``generate_batch`` line for the busy period (the

@@ -1,0 +1,60 @@
+"""The request pattern bench_rollout.py replays (benchmarks/rollout_replay.py), built from a rollout log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from rollout_replay import Replay, pattern_from_log  # noqa: E402
+
+
+def _req(log_id, h, sub, fin, prompt, gen, step=1, parent=None):
+    return {"event": "request", "request_id": f"uuid{log_id}", "log_id": log_id, "parent": parent, "prompt_hash": h,
+            "submitted": sub, "finished": fin, "prompt_tokens": prompt, "generated_tokens": gen, "global_steps": step}
+
+
+def test_pattern_keeps_turn_structure_shared_prompts_and_gaps(tmp_path):
+    log = tmp_path / "rollout.jsonl"
+    lines = [
+        {"event": "init"},
+        _req(0, "p1", 100.0, 101.0, 10, 5, step=0),  # another step: ignored
+        _req(1, "p1", 200.0, 203.0, 10, 4), _req(2, "p1", 200.1, 202.0, 10, 6),
+        _req(3, "q", 203.5, 205.0, 10 + 4 + 3, 2, parent=1),  # 1's second turn: its prompt + reply + 3 feedback tokens
+    ]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    pattern = pattern_from_log(log, step=1)
+    r = pattern["requests"]
+    assert [x["parent"] for x in r] == [None, None, 0]
+    assert r[0]["prompt"] == r[1]["prompt"] and len(r[0]["prompt"]) == 10  # same hash: same synthetic prompt
+    assert r[1]["start"] == pytest.approx(0.1) and r[2]["gap"] == pytest.approx(0.5) and len(r[2]["extend"]) == 3
+    assert pattern["recorded_generated_tokens"] == 12
+
+    replay = Replay(pattern)
+    due = replay.due()
+    assert [i for i, _, _ in due] == [0]  # the second first-turn starts 0.1 s later
+    replay.finish(0, [7, 7, 7, 7])
+    with pytest.raises(RuntimeError, match="asked for 6 tokens, got 1"):
+        replay.finish(1, [1])
+    import time
+    time.sleep(0.6)
+    due = {i: (prompt, n) for i, prompt, n in replay.due()}
+    assert set(due) == {1, 2}
+    assert due[2][0] == r[0]["prompt"] + [7, 7, 7, 7] + r[2]["extend"] and due[2][1] == 2  # reply the backend made
+    replay.finish(1, [1] * 6)
+    replay.finish(2, [2, 2])
+    assert replay.finished and replay.result()["generated_tokens"] == 12
+
+
+def test_pattern_from_a_log_without_request_lines_says_what_is_missing(tmp_path):
+    log = tmp_path / "old.jsonl"
+    log.write_text(json.dumps({"event": "generate_batch", "size": 3}) + "\n")
+    with pytest.raises(ValueError, match="no 'request' lines"):
+        pattern_from_log(log)
+    log.write_text(json.dumps(_req(0, "h", 1.0, 2.0, 5, 1, step=0)) + "\n")
+    with pytest.raises(ValueError, match=r"no requests at global step 4; steps with requests: \[0\]"):
+        pattern_from_log(log, step=4)
