@@ -14,18 +14,23 @@ for ``--steps`` steps and reports, from verl's own timing metrics (``timing_s/*`
 The RLVR recipe is the baseline: for the others the ratio of seconds per step to it is printed. Nothing is
 asserted; numbers depend on the machine and on what else runs on it (the load average is printed).
 
-Measured 2026-11-24 (2 cores, 24 GB, torch 2.13 CPU, ``--steps 3``; other jobs shared the machine: load average
-~3 during the RLVR run and step 1 of RL²F, 20-24 during RL²F steps 2-3, which inflates those):
+Measured 2026-11-27 (2 cores, 24 GB, torch 2.13 CPU, ``--steps 3``, quiet machine; the ``hf`` rollout's
+continuous-batching engine in bf16, verl's TIS rollout correction on, template teacher):
 
-    recipe       s/step  step1 s  x base  tokens    gen  logprob  update   sync  peak GB  actor GB  rollout GB
-    rlvr_cpu       42.9     43.7    1.00    1270    33%      18%     43%     5%    14.89      7.09        2.55
-    rl2f_cpu      220.0    125.4    5.13    1433    45%      15%     38%     2%    14.55      6.71        2.69
+    recipe       s/step  step1 s  x base  tokens    gen  logprob  update   sync  other  peak GB  actor GB  rollout GB
+    rlvr_cpu       40.2     51.1    1.00    2482    15%      18%     63%     4%     0%    12.80      5.52        2.42
+    rl2f_cpu       75.0     91.4    1.87    5056    21%      20%     55%     3%     0%    15.66      7.85        2.68
 
-RLVR per step 33.6-52.1 s (gen 12-16, log-prob 5-10, update 14-24, weight sync ~2); RL²F step 1 (light load)
-125 s: gen 76 (student turns + self-teacher feedback + leak-guard regenerations), log-prob 12.5, update 28.7,
-sync 1.7. "peak GB" sums RSS over the whole process tree (Ray's shared object store pages are counted in every
-process that maps them, so it over-states); the actor's own peak RSS is ~7 GB (fp32 weights + grads + AdamW for
-135M parameters, plus 49k-vocabulary logits), the rollout server's ~2.6 GB.
+(an earlier run the same day: 41.0 and 72.6 s/step, 1.77x). Generation per step: RLVR 6-8 s for 32 replies, RL²F
+14-16 s for 32 first replies + 32 retries with the feedback turn (its chain of two turns is the floor: a retry waits
+for its first answer). The rest of the RL²F step is the actor's on longer sequences (padded to 64 + 144 tokens
+against 64 + 48): log-prob 14-19 s vs 7-9 s, update 39-48 s vs 25.5 s.
+
+Before the engine (2026-11-24, per-wave fp32 ``generate``, self teacher, other jobs sharing the machine): RLVR 42.9
+s/step, RL²F 125 s for its low-load step 1 (2.9x; 220 s under load), generation 45-60% of the RL²F step.
+"peak GB" sums RSS over the whole process tree (Ray's shared object store pages are counted in every process that
+maps them, so it over-states); the actor's own peak RSS is 5.5-7.9 GB (fp32 weights + grads + AdamW for 135M
+parameters, plus 49k-vocabulary logits), the rollout server's ~2.5 GB.
 """
 
 from __future__ import annotations

@@ -61,12 +61,33 @@ def pattern_from_log(log_path: str | Path, step: int | None = None, seed: int = 
             "recorded_generated_tokens": sum(int(e["generated_tokens"]) for e in requests), "requests": out}
 
 
+def replicate(pattern: dict, copies: int, seed: int = 1) -> dict:
+    """``copies`` independent copies of the pattern running at once (fresh prompt ids per copy): the same request
+    structure at ``copies`` times the load, to measure throughput rather than the turn-by-turn latency floor."""
+    if copies <= 1:
+        return pattern
+    rng = random.Random(seed)
+    reqs = []
+    for c in range(copies):
+        fresh: dict[tuple, list[int]] = {}
+        for r in pattern["requests"]:
+            r = dict(r)
+            if r["parent"] is not None:
+                r["parent"] += c * len(pattern["requests"])
+            elif c > 0:
+                key = tuple(r["prompt"])
+                r["prompt"] = fresh.setdefault(key, [rng.randrange(*VOCAB_RANGE) for _ in key])
+            reqs.append(r)
+    return {**pattern, "requests": reqs, "copies": copies}
+
+
 def describe(pattern: dict) -> str:
     reqs = pattern["requests"]
     first = [r for r in reqs if r["parent"] is None]
     follow = [r for r in reqs if r["parent"] is not None]
     distinct = len({tuple(r["prompt"]) for r in first})
-    return (f"{len(reqs)} requests ({len(first)} first turns of {distinct} distinct prompts, {len(follow)} later turns), "
+    copies = f"{pattern['copies']} concurrent copies of one step: " if pattern.get("copies", 1) > 1 else ""
+    return (f"{copies}{len(reqs)} requests ({len(first)} first turns of {distinct} distinct prompts, {len(follow)} later turns), "
             f"{sum(r['new_tokens'] for r in reqs)} tokens to generate; recorded in {pattern['recorded_seconds']} s "
             f"(step {pattern['global_step']} of {pattern['source']})")
 

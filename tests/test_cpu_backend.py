@@ -248,22 +248,25 @@ def test_server_batches_concurrent_requests_and_tags_weight_version(tiny_model_d
     assert status["weights_version"] == 1
     events = [json.loads(line) for line in log.read_text().splitlines()]
     batches = [e for e in events if e["event"] == "generate_batch"]
-    assert [b["size"] for b in batches] == [3, 1, 3]  # one line per busy period of the engine
+    # one generate_batch line per busy period of the engine (where a period ends depends on timing), one request
+    # line per request
+    assert sum(b["size"] for b in batches) == 7 and batches[-1]["size"] == 3
     requests = [e for e in events if e["event"] == "request"]
-    assert [r["log_id"] for r in requests] == [0, 1, 2, 3, 4, 5, 6]
+    assert sorted(r["log_id"] for r in requests) == [0, 1, 2, 3, 4, 5, 6]
     first = next(r for r in requests if r["request_id"] == "r0")
     second = next(r for r in requests if r["request_id"] == "t2")
     assert second["parent"] == first["log_id"] and first["parent"] is None  # what bench_rollout replays
     assert second["reused_prompt_tokens"] == len(PROMPTS[0]) + len(outs1[0].token_ids) - 1
-    # after the weight update the same conversation is prefilled afresh (the cache held old keys/values)
-    assert all(r["reused_prompt_tokens"] == 0 for r in requests[4:])
-    assert batches[2]["checksum"] == status["checksum"] != batches[0]["checksum"]
-    # per-batch token counts, so tokens/s can be read off any run's log
-    assert batches[0]["prompt_tokens"] == sum(len(p) for p in PROMPTS)
-    assert batches[0]["max_prompt_tokens"] == max(len(p) for p in PROMPTS)
-    assert batches[0]["generated_tokens"] == sum(len(o.token_ids) for o in outs1)
-    assert batches[2]["generated_tokens"] == sum(len(o.token_ids) for o in outs2)
-    assert batches[0]["generated_tokens_per_s"] > 0
+    # after the weight update the same prompts are prefilled afresh (the cache held old keys/values)
+    after = [r for r in requests if r["log_id"] >= 4]
+    assert all(r["reused_prompt_tokens"] == 0 and r["weights_version"] == 1 for r in after)
+    assert batches[-1]["checksum"] == status["checksum"] != batches[0]["checksum"]
+    # token counts per request and per period, so tokens/s can be read off any run's log
+    assert sum(r["prompt_tokens"] for r in requests[:3]) == sum(len(p) for p in PROMPTS)
+    assert [r["generated_tokens"] for r in after] == [len(o.token_ids) for o in outs2]
+    assert batches[-1]["generated_tokens"] == sum(len(o.token_ids) for o in outs2)
+    assert batches[-1]["max_prompt_tokens"] == max(len(p) for p in PROMPTS)
+    assert all(b["generated_tokens_per_s"] > 0 for b in batches)
 
 
 def test_server_rejects_prompt_longer_than_context(tiny_model_dir):

@@ -58,3 +58,15 @@ def test_pattern_from_a_log_without_request_lines_says_what_is_missing(tmp_path)
     log.write_text(json.dumps(_req(0, "h", 1.0, 2.0, 5, 1, step=0)) + "\n")
     with pytest.raises(ValueError, match=r"no requests at global step 4; steps with requests: \[0\]"):
         pattern_from_log(log, step=4)
+
+
+def test_replicated_pattern_keeps_links_within_each_copy(tmp_path):
+    from rollout_replay import replicate
+
+    log = tmp_path / "rollout.jsonl"
+    log.write_text("\n".join(json.dumps(x) for x in [_req(1, "p", 0.0, 1.0, 4, 2), _req(2, "p", 0.0, 1.0, 4, 2),
+                                                     _req(3, "q", 1.1, 2.0, 7, 1, parent=1)]) + "\n")
+    base = pattern_from_log(log)
+    three = replicate(base, 3)["requests"]
+    assert len(three) == 9 and [r["parent"] for r in three] == [None, None, 0, None, None, 3, None, None, 6]
+    assert three[3]["prompt"] == three[4]["prompt"] != three[0]["prompt"]  # shared within a copy, fresh across

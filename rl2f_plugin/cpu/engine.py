@@ -232,7 +232,8 @@ class ContinuousBatcher:
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self.on_idle: Optional[Callable[[], None]] = None
-        self.stats = {"steps": 0, "prefilled_tokens": 0, "reused_tokens": 0, "generated_tokens": 0, "max_rows": 0}
+        self.stats = {"steps": 0, "prefilled_tokens": 0, "reused_tokens": 0, "generated_tokens": 0, "max_rows": 0,
+                      "busy_s": 0.0}
 
     # -- requests --------------------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams,
@@ -303,6 +304,7 @@ class ContinuousBatcher:
     def step(self) -> None:
         """Admit queued requests (prefill + first token), decode one token for every running row, retire the
         rows that ended."""
+        t0 = time.perf_counter()
         try:
             self._admit()
             self._retire()
@@ -316,6 +318,8 @@ class ContinuousBatcher:
                 row.on_done(exc)
             if not isinstance(exc, Exception):
                 raise
+        finally:
+            self.stats["busy_s"] += time.perf_counter() - t0
 
     def _reset_batch(self) -> None:
         self._kv, self._mask, self._next = [], torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long)

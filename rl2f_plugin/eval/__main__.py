@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, help="only the first N rows")
     g.add_argument("--n-samples", type=int, default=1, help="interactions per problem")
     g.add_argument("--concurrency", type=int, default=4, help="problems in flight")
-    g.add_argument("--batch-size", type=int, default=8, help="HF student: max requests per generate batch")
+    g.add_argument("--batch-size", type=int, default=8, help="HF student: max requests decoded together (CPU engine rows, or one GPU generate batch)")
     g.add_argument("--max-new-tokens", type=int, help="per-turn cap on student tokens (default: the remaining "
                    "response budget, as in training)")
     g.add_argument("--device", help="HF student device (default cuda if available else cpu)")

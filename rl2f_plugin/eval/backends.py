@@ -4,9 +4,11 @@ verl's agent loops talk to the LLM only through ``await server_manager.generate(
 sampling_params, **kw) -> TokenOutput`` (``verl/workers/rollout/llm_server.py``). During training that is
 verl's ``LLMServerClient`` in front of vLLM/SGLang replicas; here the same loop classes get one of these:
 
-* `HFBackend` -- a local Hugging Face checkpoint, ``transformers`` ``generate`` on CPU or GPU. Real token ids;
-  log-probs (of the raw, untempered distribution, as vLLM's default ``raw_logprobs``) when the loop asks for
-  them. Concurrent requests with the same sampling settings are batched into one ``generate`` call.
+* `HFBackend` -- a local Hugging Face checkpoint. On CPU it is served by the CPU rollout's continuous-batching
+  engine (`rl2f_plugin.cpu.engine`: requests join the running batch at token boundaries, a conversation's next turn
+  reuses its cached keys/values); on GPU concurrent requests with the same sampling settings are batched into one
+  ``transformers`` ``generate`` call. Real token ids; log-probs (of the raw, untempered distribution, as vLLM's
+  default ``raw_logprobs``) when the loop asks for them.
 * `OpenAIBackend` -- any OpenAI-compatible ``/v1/completions`` endpoint (vLLM, SGLang, llama.cpp server, ...).
   Token-id prompts (vLLM and SGLang accept a list of ints as ``prompt``) or text prompts decoded with the
   local tokenizer; the returned tokens are taken from the response when the server returns them (vLLM's
@@ -109,6 +111,9 @@ class HFBackend:
         batch_wait_s: how long a batch waits for more requests before it starts (fewer than max_batch_size queued).
         num_threads: torch intra-op threads for ``generate`` (default: torch's). On a CPU shared with other
             busy processes 1 thread can be much faster than spinning OpenMP workers fighting for cores.
+
+    On CPU, ``engine`` is the `ContinuousBatcher` serving the requests (it switches the model's attention
+    implementation to its own dense CPU attention); on GPU it is None.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, device: str | None = None, dtype: str = "float32",
@@ -138,6 +143,15 @@ class HFBackend:
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
         self.stats = BackendStats()
+        self.engine = None
+        if torch.device(self.device).type == "cpu":
+            from rl2f_plugin.cpu.engine import ContinuousBatcher
+
+            if self.num_threads:
+                torch.set_num_threads(self.num_threads)
+            self.engine = ContinuousBatcher(self.model, eos_token_ids=self.eos_token_ids,
+                                             pad_token_id=self.pad_token_id, max_batch=self.max_batch_size)
+            self._engine_busy = 0.0
         self._queue: list[_Request] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -156,6 +170,8 @@ class HFBackend:
             raise BackendError(f"prompt of {len(prompt_ids)} tokens leaves no room in max_model_len={self.max_model_len}")
         sp = _norm_sampling(sampling_params, self.max_new_tokens)
         sp["max_tokens"] = max(1, min(sp["max_tokens"], room))
+        if self.engine is not None:
+            return await self._generate_on_engine(prompt_ids, sp)
         req = _Request(prompt_ids, sp, loop.create_future(), loop)
         self._queue.append(req)
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
@@ -164,7 +180,38 @@ class HFBackend:
         self._wakeup.set()
         return await req.future
 
+    async def _generate_on_engine(self, prompt_ids: list[int], sp: dict[str, Any]) -> TokenOutput:
+        from rl2f_plugin.cpu.engine import SamplingParams
+
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        params = SamplingParams(max_new_tokens=sp["max_tokens"], temperature=sp["temperature"], top_p=sp["top_p"],
+                                top_k=sp["top_k"], repetition_penalty=sp["repetition_penalty"],
+                                stop_token_ids=frozenset(self.eos_token_ids) | frozenset(sp["stop_token_ids"]))
+
+        def deliver(result):  # engine thread
+            busy = self.engine.stats["busy_s"]
+            self.stats.add(busy_seconds=busy - self._engine_busy)
+            self._engine_busy = busy
+            if isinstance(result, BaseException):
+                self.stats.add(failures=1)
+                result = BackendError(f"HF generate failed: {type(result).__name__}: {result}")
+            else:
+                self.stats.add(calls=1, generated_tokens=len(result.token_ids), prompt_tokens=len(prompt_ids))
+            loop.call_soon_threadsafe(lambda: future.done() or (
+                future.set_exception(result) if isinstance(result, BaseException) else future.set_result(result)))
+
+        self.engine.start()
+        self.engine.submit(prompt_ids, params, deliver)
+        done = await future
+        self.stats.batches = self.engine.stats["steps"]
+        return TokenOutput(token_ids=done.token_ids, log_probs=done.log_probs if sp["logprobs"] else None,
+                           stop_reason="completed" if done.finish_reason == "stop" else "length",
+                           extra_fields=dict(_STEP_TAGS))
+
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
