@@ -10,9 +10,9 @@ on the CPU. What is asserted, per recipe:
 * the default can learn: some reward is earned and at least one GRPO group has rewards that differ, so some
   advantages are non-zero (a default on which the model earns nothing, or everything, gives GRPO nothing to learn
   from and fails here);
-* the policy weights changed by a gradient step: the weights the actor sent to the rollout after step 1 (and 2)
-  differ from the initial ones (checksums from the rollout server's log), with weight decay off and a non-zero
-  ``actor/grad_norm``;
+* the policy weights changed by a gradient step: the weights the actor sent to the rollout after a step differ
+  from those before it (checksums from the rollout server's log) exactly when the step had a non-zero
+  ``actor/grad_norm`` (weight decay off), and at least one step had one;
 * the rollout used the updated weights in step 2: every generation of step 2 ran on the weights received after
   step 1 (server log), verl saw no stale trajectory, and the rollout's log-probs match the actor's
   recomputation (``training/rollout_probs_diff_*``, per-token |p_rollout - p_actor|), which only holds if both hold
@@ -108,9 +108,13 @@ def check_run(result: dict, extra_metrics: list[str], probs_diff_max: float, pro
     init = next(e for e in events if e["event"] == "init")
     assert {0, 1, 2} <= set(updates), f"weight updates seen for steps {sorted(updates)}"
     assert updates[0]["checksum"] == pytest.approx(init["checksum"], rel=1e-9)  # step-0 sync = initial model
-    assert updates[1]["checksum"] != updates[0]["checksum"], "actor weights did not change in step 1"
-    assert updates[2]["checksum"] != updates[1]["checksum"], "actor weights did not change in step 2"
-    assert max(float(metrics[s]["actor/grad_norm"]) for s in (1, 2)) > 0
+    # a step changes the weights exactly when it has a gradient (weight decay is off): a step whose 32 samples all
+    # earned the same reward has none in RLVR (it happens, ~2-3% of steps at ~10% accuracy), and must then not move
+    for s in (1, 2):
+        moved = updates[s]["checksum"] != updates[s - 1]["checksum"]
+        grad = float(metrics[s]["actor/grad_norm"])
+        assert moved == (grad > 0), f"step {s}: grad_norm {grad} but the weights {'' if moved else 'did not '}changed"
+    assert max(float(metrics[s]["actor/grad_norm"]) for s in (1, 2)) > 0, "no step had a gradient"
     # 4. step 2 was generated with the weights produced by step 1
     t1, t2 = updates[1]["time"], updates[2]["time"]
     step2_batches = [e for e in events if e["event"] == "generate_batch" and t1 < e["time"] < t2]

