@@ -277,17 +277,32 @@ class ContinuousBatcher:
             self._thread.start()
 
     def close(self) -> None:
+        """Stop the background thread (after the step it is in) and wait for it."""
         self._closed = True
         with self._queue_cv:
             self._queue_cv.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _gather_wave(self, quiet_s: float = 0.01, max_s: float = 0.1) -> None:
+        """Coming out of idle, let the rest of a wave arrive (agent loops send a batch's requests over tens of
+        ms) so it is prefilled as one batch: wait until no request came for ``quiet_s``, at most ``max_s``."""
+        deadline = time.monotonic() + max_s
+        seen = -1
+        while time.monotonic() < deadline and len(self._queue) != seen and len(self._queue) < self.max_batch:
+            seen = len(self._queue)
+            time.sleep(quiet_s)
 
     def _run(self) -> None:
         while not self._closed:
             with self._queue_cv:
+                idle = not self._rows
                 while not self._closed and not self._queue and not self._rows:
                     self._queue_cv.wait()
             if self._closed:
                 return
+            if idle:
+                self._gather_wave()
             with self.lock:
                 self.step()
                 idle = not self.busy
