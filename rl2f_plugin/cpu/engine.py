@@ -348,62 +348,63 @@ class ContinuousBatcher:
         for row in new:
             row.weights_version = self.weights_version
         try:
-            misses: list[_Row] = []
+            plans = []
             for row in new:
-                prompt = torch.tensor(row.prompt, dtype=torch.long)
-                n, kv = self.prefix_cache.longest_prefix(prompt)
-                if n >= MIN_REUSED_PREFIX:
-                    self._prefill_suffix(row, n, kv)
-                else:
-                    misses.append(row)
-            if misses:
-                self._prefill(misses)
+                n, kv = self.prefix_cache.longest_prefix(torch.tensor(row.prompt, dtype=torch.long))
+                plans.append((row, n, kv) if n >= MIN_REUSED_PREFIX else (row, 0, None))
+            self._prefill(plans)
         except Exception as exc:  # noqa: BLE001 - the requests being admitted fail; running rows go on
             joined = {id(row) for row in self._rows}
             for row in new:
                 if id(row) not in joined:
                     row.on_done(exc)
 
-    def _prefill(self, rows: list[_Row]) -> None:
-        """Prefill prompts without a cached prefix in one left-padded batch; identical prompts once."""
+    def _prefill(self, plans: list[tuple[_Row, int, Optional[list[tuple[torch.Tensor, torch.Tensor]]]]]) -> None:
+        """Prefill the admitted rows in one batch: each row's cached prefix (``n`` tokens of keys/values from the
+        prefix cache, left-padded) followed by the rest of its prompt (left-padded); identical prompts once."""
         unique: dict[tuple[int, ...], int] = {}
-        for row in rows:
-            unique.setdefault(tuple(row.prompt), len(unique))
-        prompts = list(unique)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        reps = []
+        for row, n, kv in plans:
+            key = tuple(row.prompt)
+            if key not in unique:
+                unique[key] = len(reps)
+                reps.append((row, n, kv))
+        cached = max(n for _, n, _ in reps)
+        width = max(len(row.prompt) - n for row, n, _ in reps)
+        ids = torch.full((len(reps), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(reps), cached + width), dtype=torch.long)
+        positions = torch.zeros((len(reps), width), dtype=torch.long)
+        for i, (row, n, _) in enumerate(reps):
+            rest = row.prompt[n:]
+            ids[i, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            mask[i, cached - n:cached] = 1
+            mask[i, cached + width - len(rest):] = 1
+            positions[i, width - len(rest):] = torch.arange(n, len(row.prompt))
+        past = []
+        if cached:
+            template = next(kv for _, n, kv in reps if n)
+            for layer, (k0, _) in enumerate(template):
+                zero = k0.new_zeros(k0.shape[0], cached, k0.shape[2])
+                ks, vs = [], []
+                for _, n, kv in reps:
+                    k, v = kv[layer] if n else (zero[:, :0], zero[:, :0])
+                    ks.append(torch.cat([zero[:, : cached - n], k], dim=1))
+                    vs.append(torch.cat([zero[:, : cached - n], v], dim=1))
+                past.append((torch.stack(ks), torch.stack(vs)))
         out = self.model(input_ids=ids, attention_mask=additive_mask(mask, width), position_ids=positions,
-                         past_key_values=_dynamic_cache([]), use_cache=True, logits_to_keep=1)
-        index = torch.tensor([unique[tuple(row.prompt)] for row in rows], dtype=torch.long)
+                         past_key_values=_dynamic_cache(past), use_cache=True, logits_to_keep=1)
+        index = torch.tensor([unique[tuple(row.prompt)] for row, _, _ in plans], dtype=torch.long)
         kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in _cache_tensors(out.past_key_values)]
         seen: set[tuple[int, ...]] = set()
-        for row in rows:
+        for row, n, _ in plans:
             key = tuple(row.prompt)
-            row.reused = len(row.prompt) if key in seen else 0
+            row.reused = len(row.prompt) if key in seen else n  # a duplicate shares its twin's prefill
             seen.add(key)
             row.position = len(row.prompt)
-        self.stats["prefilled_tokens"] += sum(len(p) for p in prompts)
-        self.stats["reused_tokens"] += sum(r.reused for r in rows)
+        self.stats["prefilled_tokens"] += sum(len(row.prompt) - n for row, n, _ in reps)
+        self.stats["reused_tokens"] += sum(row.reused for row, _, _ in plans)
+        rows = [row for row, _, _ in plans]
         self._join(rows, kv, mask.index_select(0, index), out.logits[:, -1].index_select(0, index))
-
-    def _prefill_suffix(self, row: _Row, n: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Prefill the tokens after a cached prefix of length ``n``."""
-        suffix = torch.tensor(row.prompt[n:], dtype=torch.long)[None]
-        cache = _dynamic_cache([(k[None], v[None]) for k, v in kv])
-        total = len(row.prompt)
-        out = self.model(input_ids=suffix, attention_mask=additive_mask(torch.ones(1, total), total - n),
-                         position_ids=torch.arange(n, total)[None], past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
-        row.reused, row.position = n, total
-        self.stats["prefilled_tokens"] += total - n
-        self.stats["reused_tokens"] += n
-        self._join([row], _cache_tensors(out.past_key_values), torch.ones(1, total, dtype=torch.long),
-                   out.logits[:, -1])
 
     def _join(self, rows: list[_Row], kv, mask: torch.Tensor, logits: torch.Tensor) -> None:
         """Add prefilled rows to the running batch and sample their first token."""
