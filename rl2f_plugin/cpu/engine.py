@@ -492,14 +492,14 @@ class ContinuousBatcher:
         for i in done:
             row = self._rows[i]
             fed = row.prompt + row.generated[:-1]  # the last token was sampled, never fed: it has no KV yet
-            keep = self._mask[i].bool()
-            cols = keep.nonzero()[:, 0]
+            cols = self._mask[i].nonzero()[:, 0]
             if len(cols) == len(fed):
                 self.prefix_cache.put(fed, [(k[i].index_select(1, cols), v[i].index_select(1, cols)) for k, v in self._kv])
             row.on_done(Completion(token_ids=row.generated, log_probs=row.log_probs, finish_reason=row.finish_reason,
                                    prompt_tokens=len(row.prompt), reused_prompt_tokens=row.reused,
                                    weights_version=row.weights_version, submitted=row.submitted, finished=now))
-        alive = [i for i in range(len(self._rows)) if i not in set(done)]
+        finished = set(done)
+        alive = [i for i in range(len(self._rows)) if i not in finished]
         self._rows = [self._rows[i] for i in alive]
         if not alive:
             self._reset_batch()
