@@ -100,6 +100,39 @@ def test_rl2f_recipes(name):
     assert section.world_model.coef == pytest.approx(expected_coef)
 
 
+@pytest.mark.parametrize("name, rows", [("rl2f_grpo", 4428), ("rl2f_grpo_wm", 4428), ("rlvr_grpo", 4428),
+                                         ("rl2f_cpu", 128), ("rl2f_wm_cpu", 128), ("rlvr_cpu", 128),
+                                         ("rlvr_cpu", 16)])
+def test_runs_end_at_total_training_steps_not_at_an_epoch(name, rows):
+    """verl 0.9.1's fit loop (``trainer/ppo/v1/trainer_base.py``) runs ``while current_epoch < total_epochs and
+    global_steps <= total_training_steps`` and saves / validates the last step only when it reaches
+    ``total_training_steps``. A recipe whose ``total_epochs`` ends the loop first (``total_epochs: 1`` with 200 steps
+    of a 4.4k-row set: 34 steps) never writes the final checkpoint the comparison scripts evaluate. Rows: Omni-MATH
+    (~4.4k, the GPU default), the CPU default (128) and the CI e2e set (16). The loop itself is run in
+    tests/test_gpu_recipes_on_cpu.py (a run whose steps span more than one epoch)."""
+    cfg = _compose(name)
+    steps_per_epoch = rows // cfg.data.train_batch_size
+    steps = cfg.trainer.total_training_steps
+    for wanted in (steps, 200, 1000):  # the recipe's own and what a user may ask on the command line
+        assert cfg.trainer.total_epochs * steps_per_epoch >= wanted, (
+            f"{name}: {cfg.trainer.total_epochs} epoch(s) of {steps_per_epoch} steps end before step {wanted}")
+
+
+def test_rl2f_student_replies_are_capped_at_the_rlvr_answer_budget():
+    """Budget-matched comparison: one RL²F student reply gets at most what one RLVR answer gets (without a cap a
+    single reply can take the whole conversation budget, 2x RLVR's)."""
+    from rl2f_plugin.config import RL2FConfig
+
+    rlvr_budget = _compose("rlvr_grpo").data.max_response_length
+    for name in RL2F_RECIPES:
+        cfg = _compose(name)
+        cap = RL2FConfig.from_trainer_config(cfg).max_student_tokens
+        assert cap == rlvr_budget, f"{name}: rl2f.max_student_tokens={cap}, rlvr_grpo answers get {rlvr_budget}"
+        assert cap < cfg.data.max_response_length
+    cpu = RL2FConfig.from_trainer_config(_compose("rl2f_cpu")).max_student_tokens
+    assert cpu == _compose("rlvr_cpu").data.max_response_length
+
+
 def test_world_model_recipe_differs_only_in_the_loss():
     plain = OmegaConf.to_container(_compose("rl2f_grpo"), resolve=True)
     wm = OmegaConf.to_container(_compose("rl2f_grpo_wm"), resolve=True)
