@@ -227,3 +227,40 @@ def test_additive_mask_is_causal_over_the_new_tokens_and_hides_padding():
     allowed = mask[:, 0] == 0
     assert allowed.tolist() == [[[False, True, True, False], [False, True, True, True]],
                                 [[True, True, True, False], [True, True, True, True]]]
+
+
+# --- the rollout's dtype on machines with and without native bf16 -------------------------------------------------
+# The CPU probe is mocked (this machine's /proc/cpuinfo and torch's capability are what they are); the environment
+# variables are the real ones torch and oneDNN read, so the AVX2 cases are what an AVX2-only machine looks like.
+AVX512_BF16_FLAGS = "flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_bf16\n"
+AVX2_FLAGS = "flags\t\t: fpu sse sse2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize("flags, capability, onednn_isa, expected", [
+    (AVX512_BF16_FLAGS, "AVX512", None, torch.bfloat16),           # native bf16: decode in bf16
+    (AVX2_FLAGS, "AVX2", None, torch.float32),                     # AVX2-only machine: bf16 would be emulated
+    (AVX512_BF16_FLAGS, "AVX2", None, torch.float32),              # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU
+    (AVX512_BF16_FLAGS, "AVX512", "AVX2", torch.float32),          # ONEDNN_MAX_CPU_ISA=AVX2
+    (AVX512_BF16_FLAGS, "AVX512", "AVX512_CORE", torch.float32),   # oneDNN capped below its bf16 ISA
+    (AVX512_BF16_FLAGS, "AVX512", "AVX512_CORE_BF16", torch.bfloat16),
+    ("Features\t: fp asimd bf16\n", "DEFAULT", None, torch.bfloat16),  # Arm with BF16
+], ids=["avx512-bf16", "avx2-only", "aten-avx2", "onednn-avx2", "onednn-avx512-core", "onednn-bf16", "arm-bf16"])
+def test_rollout_decodes_bf16_only_where_torch_runs_it_natively(monkeypatch, tmp_path, flags, capability, onednn_isa,
+                                                                 expected):
+    import builtins
+
+    from rl2f_plugin.cpu import rollout
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(flags)
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open",
+                        lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if onednn_isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_isa)
+    assert rollout.resolve_dtype("bfloat16") == expected
+    assert rollout.resolve_dtype("float32") == torch.float32  # an explicit fp32 is always kept

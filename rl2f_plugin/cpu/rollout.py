@@ -98,14 +98,22 @@ def _model_path(model_config: Any) -> str:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic instructions (AVX512-BF16 / AMX on x86, BF16 on Arm): then bf16
-    decoding is ~1.5x faster than fp32 here; without them torch emulates bf16 and it is slower."""
+    """Whether torch here runs bf16 arithmetic on native instructions (AVX512-BF16 / AMX on x86, BF16 on Arm): then
+    bf16 decoding is ~1.5x faster than fp32; without them torch emulates bf16 and it is slower. On x86 the CPU flag
+    is not enough: the kernels torch actually dispatches to must be allowed to use it, so a capability capped below
+    AVX-512 (``ATEN_CPU_CAPABILITY``) or a oneDNN ISA capped below AVX512_CORE_BF16 (``ONEDNN_MAX_CPU_ISA``) counts
+    as no native bf16, as on an AVX2-only machine."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(f.read().split())
     except OSError:
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+            return False
+        isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+        return any(key in isa for key in ("BF16", "AMX", "AVX10", "FP16", "ALL", "DEFAULT"))
+    return "bf16" in flags
 
 
 def resolve_dtype(name: Any) -> torch.dtype:
