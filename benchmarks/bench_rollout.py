@@ -2,18 +2,19 @@
 and vLLM's CPU build, side by side on the same prompts and token counts.
 
     python benchmarks/bench_rollout.py [--pattern benchmarks/patterns/rl2f_cpu_k2.json | --log rollout.jsonl --step N]
-        [--repeats 2] [--copies 1] [--max-batch 32] [--vllm-python ~/.cache/rl2f/vllm-cpu/bin/python] [--json out.json]
+        [--repeats 2] [--copies 1] [--max-batch 32] [--dtype bfloat16] [--vllm-python ~/.cache/rl2f/vllm-cpu/bin/python] [--json out.json]
 
-The pattern (see ``rollout_replay.py``) is replayed closed-loop against each backend on SmolLM2-135M-Instruct:
+The pattern (see ``rollout_replay.py``) is replayed closed-loop against each backend on SmolLM2-135M-Instruct, every
+backend in the same dtype (``--dtype``): the one the rollout decodes in on this machine (bf16 where the CPU runs bf16
+natively, float32 otherwise, e.g. on AVX2-only machines where bf16 is emulated), so the table is like for like:
 
 * ``rl2f engine`` — the ``hf`` rollout's engine (`rl2f_plugin.cpu.engine`: continuous batching, prefix cache,
-  dense attention), in the dtype the rollout picks here (bf16 with native bf16 instructions), ``max_num_seqs`` 32;
+  dense attention), ``max_num_seqs`` 32;
 * ``generate waves`` — plain batched ``model.generate`` the way the rollout served before the engine: the requests
-  ready when the previous batch ends form one left-padded batch that runs until its longest member is done
-  (fp32, as the rollout ran, and bf16);
+  ready when the previous batch ends form one left-padded batch that runs until its longest member is done;
 * ``vllm-cpu`` — vLLM's CPU build, standalone (prefix caching on, ``enforce_eager``), in its own virtualenv
   (``benchmarks/setup_vllm_cpu.sh`` makes one; vllm-cpu needs transformers>=5.16, verl 0.9.1 pins <5.11), driven by
-  ``vllm_replay.py`` through the same replay.
+  ``vllm_replay.py`` through the same replay, in a process group killed after ``--vllm-timeout`` seconds.
 
 ``--copies N`` replays N independent copies of the step at once: the recorded step alone is bound by its chain of
 turns (a retry waits for its first answer), N copies measure throughput under load.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -115,14 +117,28 @@ def run_generate_waves(model_path: str, pattern: dict, dtype: torch.dtype, max_b
     return replay.result()
 
 
-def run_vllm(python: str, model_path: str, pattern_file: Path, max_batch: int, repeats: int) -> list[dict]:
+def run_vllm(python: str, model_path: str, pattern_file: Path, dtype: torch.dtype, max_batch: int, repeats: int,
+             timeout_s: float) -> list[dict]:
+    """Run ``vllm_replay.py`` in vllm-cpu's virtualenv, in its own process group, killed (group and all) if it has
+    not exited within ``timeout_s``: results already printed still count, the kill is reported."""
     cmd = [python, str(HERE / "vllm_replay.py"), "--model", model_path, "--pattern", str(pattern_file),
+           "--dtype", str(dtype).replace("torch.", ""),
            "--max-num-seqs", str(max_batch), "--repeats", str(repeats), "--threads", str(THREADS)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), "PYTHONPATH": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"vllm_replay failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        print(f"vllm-cpu: vllm_replay.py still running after {timeout_s:.0f} s; killed")
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if len(lines) < repeats:
+        raise RuntimeError(f"vllm_replay failed ({proc.returncode}; {len(lines)} of {repeats} results):\n"
+                           f"{stderr[-3000:]}")
+    if proc.returncode != 0:
+        print(f"vllm-cpu: vllm_replay.py exited with status {proc.returncode} after printing its results")
     return [json.loads(line[len("RESULT "):]) for line in lines]
 
 
@@ -136,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=1, help="replay this many concurrent copies of the step (load)")
     p.add_argument("--max-batch", type=int, default=32, help="rows per batch (the CPU recipes' max_num_seqs)")
     p.add_argument("--vllm-python", default=None, help="python of a virtualenv with vllm-cpu (skipped if absent)")
-    p.add_argument("--skip", default="", help="comma-separated backends to leave out: engine, generate_fp32, "
-                                              "generate_bf16, vllm")
+    p.add_argument("--dtype", default="bfloat16",
+                   help="every backend decodes in this dtype; bfloat16 (default) becomes float32 where the CPU has no "
+                        "native bf16, as in the rollout (rl2f_plugin.cpu.rollout.resolve_dtype)")
+    p.add_argument("--vllm-timeout", type=float, default=1800.0,
+                   help="seconds before vllm_replay.py (warm-up, repeats and shutdown) is killed")
+    p.add_argument("--skip", default="", help="comma-separated backends to leave out: engine, generate, vllm")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
 
-    from rl2f_plugin.cpu.rollout import resolve_dtype
+    from rl2f_plugin.cpu.rollout import native_bf16, resolve_dtype
     from rl2f_plugin.cpu_model import ensure_smollm2
 
     torch.set_num_threads(THREADS)
@@ -158,25 +178,24 @@ def main(argv: list[str] | None = None) -> int:
         pattern_file = Path(os.environ.get("TMPDIR", "/tmp")) / "rl2f_bench_rollout_pattern.json"
         pattern_file.write_text(json.dumps(pattern))
     model = str(ensure_smollm2())
-    dtype = resolve_dtype("bfloat16")
+    dtype = resolve_dtype(a.dtype)
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     print(f"pattern: {describe(pattern)}")
-    print(f"model: {model}; threads {THREADS}; load average {os.getloadavg()}")
+    print(f"model: {model}; threads {THREADS}; dtype {dtype} for every backend "
+          f"(native bf16 here: {native_bf16()}); load average {os.getloadavg()}")
 
+    label = str(dtype).replace("torch.", "")
     runs: dict[str, list[dict]] = {}
     if "engine" not in skip:
-        runs[f"rl2f engine ({str(dtype).replace('torch.', '')})"] = [
-            run_engine(model, pattern, dtype, a.max_batch) for _ in range(a.repeats)]
-    if "generate_fp32" not in skip:
-        runs["generate waves (float32)"] = [run_generate_waves(model, pattern, torch.float32, a.max_batch)
-                                            for _ in range(a.repeats)]
-    if "generate_bf16" not in skip and dtype == torch.bfloat16:
-        runs["generate waves (bfloat16)"] = [run_generate_waves(model, pattern, torch.bfloat16, a.max_batch)
+        runs[f"rl2f engine ({label})"] = [run_engine(model, pattern, dtype, a.max_batch) for _ in range(a.repeats)]
+    if "generate" not in skip:
+        runs[f"generate waves ({label})"] = [run_generate_waves(model, pattern, dtype, a.max_batch)
                                              for _ in range(a.repeats)]
     if "vllm" not in skip:
         if a.vllm_python and Path(a.vllm_python).exists():
             try:
-                runs["vllm-cpu (bfloat16)"] = run_vllm(a.vllm_python, model, pattern_file, a.max_batch, a.repeats)
+                runs[f"vllm-cpu ({label})"] = run_vllm(a.vllm_python, model, pattern_file, dtype, a.max_batch,
+                                                       a.repeats, a.vllm_timeout)
             except RuntimeError as exc:  # report the others; say why this one is missing
                 print(f"vllm-cpu: FAILED, left out of the table: {exc}")
         else:
