@@ -40,6 +40,17 @@ def test_summary_prints_each_step_and_writes_the_plot(tmp_path):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("step ")]
     assert len(lines) == 2 and "cum_acc_by_turn[t1=0.25 t2=0.50]" in lines[1] and "wm_ce=0.900" in lines[1]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert ("shown: reward > 0 in 2 of 2 steps [1, 2]; a feedback turn turned a wrong answer right (last turn > t1) "
+            "in 2 steps [1, 2]") in proc.stdout
+
+
+def test_shown_counts_only_steps_where_feedback_fixed_an_answer():
+    steps = {1: {"critic/score/mean": 0.0, "rl2f/acc_turn1": 0.0, "rl2f/acc_turn2": 0.0},
+             2: {"critic/score/mean": 0.1, "rl2f/acc_turn1": 0.1, "rl2f/acc_turn2": 0.1},
+             3: {"critic/score/mean": 0.2, "rl2f/acc_turn1": 0.1, "rl2f/acc_turn2": 0.2},
+             4: {"critic/score/mean": 0.3}}  # single-turn (rlvr) step: no turns to compare
+    assert demo_report.shown(steps) == ("shown: reward > 0 in 3 of 4 steps [2, 3, 4]; a feedback turn turned a wrong "
+                                        "answer right (last turn > t1) in 1 steps [3]")
 
 
 def test_summary_without_metrics_fails_clearly(tmp_path):

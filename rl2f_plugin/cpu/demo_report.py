@@ -84,10 +84,26 @@ def cmd_summary(args) -> int:
         return 1
     for step in sorted(steps):
         print(compact(step, steps[step]))
+    if steps:
+        print(shown(steps))
     if steps and args.plot:
         plot_steps(steps, args.plot)
         print(f"plot: {args.plot}")
     return 0 if steps else 1
+
+
+def shown(steps: dict[int, dict[str, float]]) -> str:
+    """One line saying what the run showed: in how many steps rewards were earned, and in how many a feedback turn
+    turned a wrong first answer into a right one (cumulative accuracy at the last turn above the first turn's)."""
+    rewarded = [s for s, m in sorted(steps.items()) if m.get("critic/score/mean", 0.0) > 0]
+    fixed = []
+    for s, m in sorted(steps.items()):
+        turns = sorted(int(k[len("rl2f/acc_turn"):]) for k in m
+                       if k.startswith("rl2f/acc_turn") and k[len("rl2f/acc_turn"):].isdigit())
+        if len(turns) > 1 and m[f"rl2f/acc_turn{turns[-1]}"] > m[f"rl2f/acc_turn{turns[0]}"]:
+            fixed.append(s)
+    return (f"shown: reward > 0 in {len(rewarded)} of {len(steps)} steps {rewarded}; a feedback turn turned a wrong "
+            f"answer right (last turn > t1) in {len(fixed)} steps {fixed}")
 
 
 def plot_steps(steps: dict[int, dict[str, float]], path: str) -> None:
