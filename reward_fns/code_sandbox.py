@@ -21,27 +21,24 @@ Who decides the verdict: a judge process, never the candidate's (`reward_fns._sa
 Limits of the cross-process calls: arguments are copied (a test that checks that the candidate mutated its
 argument, or identity, fails), and the tests cannot call methods on objects the candidate returns.
 
-Isolation of one run (`run_code`):
-  * a private temp dir (``mkdtemp``) as cwd, HOME and TMPDIR, removed afterwards whatever happens;
-  * an environment with nothing but PATH, HOME, TMPDIR, LANG; ``python -I -B -S`` (no user site, no env vars,
-    no .pth hooks; the interpreter's site-packages are added to sys.path);
-  * ``unshare -rnp --fork --kill-child`` when the kernel allows it (probed once): no network interface at
-    all, and a private PID namespace, so every process the code manages to create dies with it;
-  * in each candidate process, before its code runs: RLIMIT_AS (``code_memory_mb``), RLIMIT_CPU,
-    RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, no core dumps, and an audit hook refusing fork/exec/subprocess,
-    sockets, ctypes, sqlite extensions, signals, writes/deletes/renames outside the temp dir, directories
-    opened outside it and other processes' ``/proc/<pid>``; stdout/stderr are capped;
-  * its own session / process group; on the wall-clock limit (``code_timeout``, honoured within a fraction
-    of a second) or once the verdict is known the judge is told to end the run (as the namespace's init it
-    takes every candidate with it), and the group is SIGKILLed if anything is still there.
+Isolation of one run: the kernel's, as `reward_fns.sandbox_isolation` sets it up and documents it (its threat
+model and guarantees are at its top): bubblewrap namespaces under a dedicated unprivileged uid, a read-only view
+of the interpreter and its standard library only, Landlock on every candidate process, tmpfs directories bounded
+in bytes, RLIMIT_NPROC/AS/CPU/FSIZE/NOFILE. Where the kernel cannot isolate, the first run raises
+`SandboxUnavailable` naming what is missing, unless ``RL2F_SANDBOX_ISOLATION=none`` opts out (trusted code
+only: processes and rlimits, no protection of the host). The wall-clock limit (``code_timeout``) holds within
+a fraction of a second: at the deadline, or once the verdict is known, the judge is told to end the run and
+``bwrap`` is SIGKILLed if it is still there; the kernel tears down the run's processes and files.
 
-Known limit: the audit hook works at the Python level; a program that writes and loads a native extension
-module escapes it (and could then reach the judge, which runs as the same user). Watch for that when training
-strong models on code.
+Comparison of stdout with the expected output (`compare_outputs`): equal lines up to trailing whitespace, else
+token by token: integers exactly, other numbers within 1e-6 (relative above 1), NaN and infinities only where
+the expected token is one; the rule that decided is reported in ``comparison``.
 
 Result details: ``status`` (passed, failed, wrong_answer, runtime_error, timeout, memory_limit,
 output_limit, forbidden, syntax_error, ...), ``tests_passed``/``tests_total``, and for the first failure
-``failing_test``, ``expected``, ``got``, ``error`` (all trimmed) — the teacher's feedback material.
+``failing_test``, ``expected``, ``got``, ``error`` (all trimmed) — the teacher's feedback material. They hold
+the verifier's words, the dataset's tests and expected values, and bounded excerpts (400 characters) of what the
+candidate printed, raised or returned; the sandbox has nothing else of the host to put there.
 """
 
 from __future__ import annotations
@@ -53,9 +50,7 @@ import marshal
 import math
 import os
 import select
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -63,40 +58,37 @@ import threading
 import time
 from typing import Any
 
+from . import sandbox_isolation
 from .common import VerifyResult, limit, trim
 from .extraction import last_code_block
+from .sandbox_isolation import SandboxUnavailable
 
-__all__ = ["run_code", "verify_code", "parse_code_ground_truth", "sandbox_info", "CodeGroundTruthError"]
+__all__ = ["run_code", "verify_code", "parse_code_ground_truth", "sandbox_info", "compare_outputs",
+           "CodeGroundTruthError", "SandboxUnavailable"]
 
-_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_runner.py")
-_UNSHARE_ARGS = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"]
-_unshare_ok: bool | None = None
-_unshare_lock = threading.Lock()
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RUNNER = os.path.join(_HERE, "_sandbox_runner.py")
+#: the two programs copied into every sandbox (read once: the caller's tree need not be readable there)
+_PROGRAMS = {}
+for _name in ("_sandbox_runner.py", "sandbox_isolation.py"):
+    with open(os.path.join(_HERE, _name), "rb") as _f:
+        _PROGRAMS[_name] = _f.read()
 _SLOTS = threading.BoundedSemaphore(int(os.environ.get("RL2F_SANDBOX_PARALLEL", "0") or 0) or (os.cpu_count() or 1))
+#: the candidate's disk (tmpfs bytes) in MB
+DISK_MB = 64
 
 
 class CodeGroundTruthError(ValueError):
     """The ground truth is not a valid code-task ground truth (a data problem, not a model failure)."""
 
 
-def _use_unshare() -> bool:
-    global _unshare_ok
-    with _unshare_lock:
-        if _unshare_ok is None:
-            if os.environ.get("RL2F_SANDBOX_UNSHARE", "1") in ("0", "false", "no") or not shutil.which("unshare"):
-                _unshare_ok = False
-            else:
-                try:
-                    _unshare_ok = subprocess.run(_UNSHARE_ARGS + ["true"], capture_output=True, timeout=10).returncode == 0
-                except (OSError, subprocess.SubprocessError):
-                    _unshare_ok = False
-        return _unshare_ok
-
-
 def sandbox_info() -> dict[str, Any]:
-    """How runs are isolated on this machine (for logs and `python -m rl2f_plugin info`)."""
-    return {"network_namespace": _use_unshare(), "pid_namespace": _use_unshare(), "audit_hook": True,
-            "judge_process": True, "python": sys.executable}
+    """How runs are isolated on this machine (for logs and `python -m rl2f_plugin info`); raises
+    `SandboxUnavailable` where the kernel cannot isolate and nobody opted out."""
+    iso = sandbox_isolation.isolation()
+    if iso is None:
+        return {"isolation": f"none ({sandbox_isolation.OPT_OUT_ENV}=none: trusted code only)", "python": sys.executable}
+    return iso.describe()
 
 
 def parse_code_ground_truth(ground_truth: Any) -> dict:
@@ -134,44 +126,26 @@ def parse_code_ground_truth(ground_truth: Any) -> dict:
     raise CodeGroundTruthError(f"code ground truth needs 'tests' (+ 'entry_point') or 'io'; got keys {sorted(gt)}")
 
 
-def _rmtree(path: str) -> None:
-    def onerror(func, p, exc_info):
-        try:
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            os.chmod(p, stat.S_IRWXU)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
-    if os.path.exists(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _kill_group(proc: subprocess.Popen, wait: float = 0.5) -> None:
-    """SIGKILL `proc`'s process group and wait (bounded) until its members are gone: we reap `proc`; other
-    members (the judge under ``unshare --fork``) are reaped by someone else, a moment later."""
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`'s process group (``bwrap`` and, without isolation, the judge and its candidates) and reap
+    `proc`. In the sandbox the kernel then ends the PID namespace: every process of the run dies with it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        proc.poll()
-        try:
-            os.killpg(proc.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.002)
+        pass
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _unit_source(tests_src: str, node: ast.AST) -> str:
     return ast.get_source_segment(tests_src, node) or ast.unparse(node)
 
 
-def _assert_sides(node: ast.AST, entry_point: str) -> tuple[Any, Any]:
-    """For ``assert a == b``: code objects evaluating (got, expected), the side calling the candidate being
-    "got"; (None, None) for other tests."""
+def _assert_sides(node: ast.AST, entry_point: str) -> tuple[str | None, str | None]:
+    """For ``assert a == b``: the sources of the expressions (got, expected), the side calling the candidate
+    being "got"; (None, None) for other tests."""
     if not (isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
             and isinstance(node.test.ops[0], (ast.Eq, ast.Is))):
         return None, None
@@ -183,21 +157,21 @@ def _assert_sides(node: ast.AST, entry_point: str) -> tuple[Any, Any]:
                    for x in ast.walk(n))
 
     got, exp = (right, left) if calls_candidate(right) and not calls_candidate(left) else (left, right)
-    return tuple(compile(ast.Expression(ast.fix_missing_locations(n)), "<tests>", "eval") for n in (got, exp))
+    return ast.unparse(got), ast.unparse(exp)
 
 
 @functools.lru_cache(maxsize=512)
-def _test_units(tests_src: str, entry_point: str) -> bytes:
-    """The tests as units for the judge, marshalled: (source shown in reports or None for setup, code object,
-    got and expected code objects of an ``assert a == b`` or None). A ``check(candidate)`` call is expanded
-    into check's body statements, one unit each, so the first failing assert can be named. Raises
-    SyntaxError for tests that do not parse."""
+def _test_units(tests_src: str, entry_point: str) -> tuple[tuple[str | None, str, str | None, str | None], ...]:
+    """The tests as units for the judge: (source shown in reports or None for setup, source to run, sources of
+    got and expected of an ``assert a == b`` or None). A ``check(candidate)`` call is expanded into check's body
+    statements, one unit each, so the first failing assert can be named. Raises SyntaxError for tests that do
+    not parse."""
     tree = ast.parse(tests_src)
     checks = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     units = []
 
     def unit(src, node, sides=(None, None)):
-        units.append((src, compile(ast.Module([node], []), "<tests>", "exec"), *sides))
+        units.append((src, ast.unparse(ast.fix_missing_locations(node)), *sides))
 
     called_check = False
     for node in tree.body:
@@ -213,8 +187,7 @@ def _test_units(tests_src: str, entry_point: str) -> bytes:
                    for s in body for n in ast.walk(s)):
                 unit(src, node)
             else:
-                bind = ast.copy_location(ast.Assign([ast.Name(argname, ast.Store())], node.value.args[0]), node)
-                unit(None, ast.fix_missing_locations(bind))
+                unit(None, ast.copy_location(ast.Assign([ast.Name(argname, ast.Store())], node.value.args[0]), node))
                 for s in body:
                     unit(_unit_source(tests_src, s), s, _assert_sides(s, entry_point))
             called_check = True
@@ -224,51 +197,71 @@ def _test_units(tests_src: str, entry_point: str) -> bytes:
             unit(None, node)
     if not called_check and entry_point and "check" in checks and not any(u[0] for u in units):
         unit(f"check({entry_point})", ast.parse(f"check({entry_point})").body[0])
-    return marshal.dumps(units)
+    return tuple(units)
 
 
-def _compare_outputs(expected: str, got: str) -> bool:
-    """stdout comparison: equal lines up to trailing whitespace, or equal tokens with numbers within 1e-6."""
+_INT = frozenset("0123456789")
+
+
+def _number(token: str) -> int | float | None:
+    """A token as an int (digits with an optional sign) or a float, else None."""
+    body = token[1:] if token[:1] in "+-" else token
+    if body and set(body) <= _INT:
+        return int(token)
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def compare_outputs(expected: str, got: str) -> tuple[bool, str]:
+    """stdout comparison: (equal?, the rule that decided). Equal lines up to trailing whitespace; else equal
+    tokens where integers must be equal exactly, other numbers within 1e-6 (relative above 1), and NaN or an
+    infinity matches only the same token expected."""
     exp_lines = [ln.rstrip() for ln in expected.strip().splitlines()]
     got_lines = [ln.rstrip() for ln in got.strip().splitlines()]
     if exp_lines == got_lines:
-        return True
+        return True, "lines equal (trailing whitespace ignored)"
     exp_tok, got_tok = expected.split(), got.split()
     if len(exp_tok) != len(got_tok):
-        return False
-    for a, b in zip(exp_tok, got_tok):
+        return False, f"token count differs ({len(got_tok)} printed, {len(exp_tok)} expected)"
+    for k, (a, b) in enumerate(zip(exp_tok, got_tok)):
         if a == b:
             continue
-        try:
-            fa, fb = float(a), float(b)
-        except ValueError:
-            return False
+        fa, fb = _number(a), _number(b)
+        where = f"token {k + 1}: {trim(b, 40)!r} vs expected {trim(a, 40)!r}"
+        if fa is None or fb is None:
+            return False, f"text differs at {where}"
+        if isinstance(fa, int):
+            if fb != fa:  # an int or float token equal to it exactly (3 and 3.0), nothing else
+                return False, f"integers compared exactly, differ at {where}"
+            continue
+        if not (math.isfinite(fa) and math.isfinite(fb)):
+            if not (fa == fb or (math.isnan(fa) and math.isnan(fb))):
+                return False, f"nan/inf accepted only where expected, differ at {where}"
+            continue
         if abs(fa - fb) > 1e-6 * max(1.0, abs(fa)):
-            return False
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _site_dirs() -> tuple[str, ...]:
-    """site-packages of this interpreter: the sandbox runs ``python -S`` (no site.py, no .pth hooks) and adds them."""
-    import site
-
-    return tuple(d for d in site.getsitepackages() if os.path.isdir(d))
+            return False, f"numbers differ by more than 1e-6 (relative above 1) at {where}"
+    return True, "tokens equal: integers exactly, other numbers within 1e-6 (relative above 1)"
 
 
 def run_code(code: str, ground_truth: Any, timeout: float | None = None, memory_mb: int | None = None,
              max_output_chars: int = 1 << 20, file_size_mb: int = 16) -> dict[str, Any]:
     """Run `code` against the tests of `ground_truth` in the sandbox. Returns the details dict
     (``status``, ``tests_passed``, ``tests_total``, ``failing_test``, ``expected``, ``got``, ``error``,
-    ``seconds``). Never raises for anything the code does; raises `CodeGroundTruthError` for bad ground truth."""
+    ``seconds``). Never raises for anything the code does; raises `CodeGroundTruthError` for bad ground truth
+    and `SandboxUnavailable` where the kernel cannot isolate (see `reward_fns.sandbox_isolation`)."""
     t0 = time.monotonic()
     gt = parse_code_ground_truth(ground_truth)
+    iso = sandbox_isolation.isolation()
     wall = limit("code_timeout", timeout)
     mem = int(limit("code_memory_mb", memory_mb))
     job = {"mode": "io" if "io" in gt else "func", "code": code, "memory_mb": mem,
            "cpu_seconds": max(1, math.ceil(wall)) + 1, "file_size_mb": file_size_mb,
-           "max_output_chars": max_output_chars, "site": list(_site_dirs())}
+           "max_output_chars": max_output_chars, "max_tasks": sandbox_isolation.MAX_TASKS,
+           "isolated": iso is not None}
     expected: list[str] = []
+    n_tests = None
     if job["mode"] == "io":  # the sandbox gets the inputs only; outputs are compared here
         job["inputs"] = [c["input"] for c in gt["io"]]
         expected = [c["output"] for c in gt["io"]]
@@ -279,8 +272,9 @@ def run_code(code: str, ground_truth: Any, timeout: float | None = None, memory_
         except (SyntaxError, ValueError) as exc:
             return {**_blank_details(time.monotonic() - t0), "status": "bad_tests",
                     "error": trim(f"tests do not parse: {exc}", 400)}
+        n_tests = sum(1 for u in job["units"] if u[0])
     with _SLOTS:
-        return _run_job(job, wall, expected)
+        return _run_job(job, iso, wall, expected, n_tests)
 
 
 def _blank_details(seconds: float) -> dict[str, Any]:
@@ -289,11 +283,11 @@ def _blank_details(seconds: float) -> dict[str, Any]:
 
 
 class _Progress:
-    """What the judge has reported so far; stdin/stdout cases are compared here, against outputs the sandbox
-    never saw."""
+    """What the judge has reported so far. stdin/stdout cases are compared here, against outputs the sandbox
+    never saw; a function-call verdict counts as passed only if it covers the `n_tests` tests counted here."""
 
-    def __init__(self, expected: list[str]):
-        self.expected = expected
+    def __init__(self, expected: list[str], n_tests: int | None):
+        self.expected, self.n_tests = expected, n_tests
         self.starts: list[str] = []
         self.passed = 0
         self.final: dict[str, Any] | None = None
@@ -312,8 +306,11 @@ class _Progress:
                 self.final = {"status": "crashed", "tests_passed": self.passed, "tests_total": len(self.expected),
                               "error": "the judge ended without reporting every case"}
             elif self.final is None:
-                self.final = {"status": str(msg.get("status", "error")), "tests_passed": int(msg.get("passed", 0)),
-                              "tests_total": int(msg.get("total", 0)),
+                status, passed = str(msg.get("status", "error")), int(msg.get("passed", 0))
+                if status == "passed" and not (self.n_tests and passed == self.n_tests):
+                    status = "error"
+                self.final = {"status": status, "tests_passed": min(passed, self.n_tests or 0),
+                              "tests_total": self.n_tests or 0,
                               **{k: trim(str(msg[k]), 400) for k in ("failing_test", "expected", "got", "error")
                                  if msg.get(k) is not None}}
             return True
@@ -324,7 +321,8 @@ class _Progress:
         if not 0 <= i < total or i != self.passed:
             return False
         got, status = str(msg.get("stdout", "")), str(msg.get("status", ""))
-        if status == "ok" and _compare_outputs(self.expected[i], got):
+        same, rule = compare_outputs(self.expected[i], got) if status == "ok" else (False, "")
+        if same:
             self.passed += 1
             if self.passed == total:
                 self.final = {"status": "passed", "tests_passed": total, "tests_total": total}
@@ -333,26 +331,74 @@ class _Progress:
                       "tests_total": total, "failing_test": trim(self.starts[-1] if self.starts else "", 400),
                       "expected": trim(self.expected[i], 400), "got": trim(got, 400),
                       "error": trim(str(msg.get("error", "")), 400)}
+        if rule:
+            self.final["comparison"] = rule
         return True
 
 
-def _run_job(job: dict, wall: float, expected: list[str]) -> dict[str, Any]:
+def _program_fds() -> dict[str, int]:
+    """Read ends of pipes holding the sandbox's two programs (bwrap copies them in)."""
+    fds = {}
+    for name, data in _PROGRAMS.items():
+        r, w = os.pipe()
+        try:
+            if len(data) > 60_000:
+                import fcntl
+
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, len(data) + 4096)
+            os.write(w, data)
+        finally:
+            os.close(w)
+        fds[name] = r
+    return fds
+
+
+def _launch(job: dict, iso, result_fd: int, errf) -> tuple[subprocess.Popen, str | None]:
+    """Start the judge (in the sandbox when `iso`); returns it and the host dir to remove afterwards (only
+    without isolation: the sandbox's dirs are tmpfs that vanish with it)."""
+    if iso is None:
+        host_dir = tempfile.mkdtemp(prefix="rl2f-sbx-")
+        job.update(judge_dir=os.path.join(host_dir, "judge"), work_dir=os.path.join(host_dir, "work"),
+                   read_paths=[], write_paths=[])
+        os.mkdir(job["judge_dir"])
+        os.mkdir(job["work_dir"])
+        env = {"HOME": job["work_dir"], "TMPDIR": job["work_dir"], "LANG": "C.UTF-8"}
+        return subprocess.Popen([sys.executable, "-I", "-B", "-S", _RUNNER, str(result_fd)], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=errf, cwd=job["work_dir"], env=env,
+                                pass_fds=(result_fd,), start_new_session=True), host_dir
+    job.update(judge_dir=sandbox_isolation.JUDGE_DIR, work_dir=sandbox_isolation.WORK_DIR,
+               read_paths=list(iso.view) + ["/dev/urandom", "/dev/zero"],
+               write_paths=[sandbox_isolation.WORK_DIR, "/dev/null"])
+    fds = _program_fds()
+    try:
+        cmd = iso.command(fds, DISK_MB) + [f"{sandbox_isolation.PROGRAM_DIR}/_sandbox_runner.py", str(result_fd)]
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf, cwd="/",
+                                env={"LANG": "C.UTF-8"}, pass_fds=(result_fd, *fds.values()), start_new_session=True,
+                                **iso.popen_kwargs()), None
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _remove_host_dir(path: str) -> None:
+    """Without isolation only: remove the run's directory, bounded in time whatever the program left there."""
+    try:
+        subprocess.run(["rm", "-rf", "--one-file-system", path], timeout=5, capture_output=True)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def _run_job(job: dict, iso, wall: float, expected: list[str], n_tests: int | None) -> dict[str, Any]:
     start = time.monotonic()
     deadline = start + wall
-    tmp = tempfile.mkdtemp(prefix="rl2f-sbx-")
     r_fd, w_fd = os.pipe()
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8"}
-    cmd = [sys.executable, "-I", "-B", "-S", _RUNNER, str(w_fd)]
-    if _use_unshare():
-        cmd = _UNSHARE_ARGS + cmd
-    proc = None
-    progress = _Progress(expected)
+    proc = host_dir = None
+    progress = _Progress(expected, n_tests)
     timed_out = finished = False
     stderr_tail = ""
     try:
         with tempfile.TemporaryFile() as errf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf, cwd=tmp,
-                                    env=env, pass_fds=(w_fd,), start_new_session=True, close_fds=True)
+            proc, host_dir = _launch(job, iso, w_fd, errf)
             os.close(w_fd)
             w_fd = -1
             try:  # length-prefixed; stdin then stays open: closing it tells the judge to end the run
@@ -381,25 +427,24 @@ def _run_job(job: dict, wall: float, expected: list[str]) -> dict[str, Any]:
                         pass
                 if len(buf) > line_cap:
                     break
-            try:  # verdict known or time up: the judge ends the run (and it ends its own when it is done)
+            try:  # verdict known or time up: the judge ends the run
                 proc.stdin.close()
             except OSError:
                 pass
             try:
-                proc.wait(timeout=0.3 if finished or timed_out else max(0.3, min(1.0, deadline - time.monotonic())))
+                proc.wait(timeout=0.2 if finished or timed_out else max(0.2, min(0.5, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
                 timed_out = not finished
-                _kill_group(proc)
-                proc.wait(timeout=5)
             errf.seek(0)
             stderr_tail = errf.read(4096).decode("utf-8", "replace")
     finally:
         if proc is not None:
-            _kill_group(proc, wait=0.0 if proc.returncode is not None and finished else 0.5)
+            _kill_group(proc)
         if w_fd >= 0:
             os.close(w_fd)
         os.close(r_fd)
-        _rmtree(tmp)
+        if host_dir is not None:
+            _remove_host_dir(host_dir)
     return _summarise(progress, proc.returncode if proc else None, timed_out and not finished, wall, stderr_tail,
                       time.monotonic() - start, len(expected) or None)
 

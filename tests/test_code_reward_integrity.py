@@ -5,8 +5,9 @@ not a broken problem's). The tricks target the verdict, not the machine (tests/t
 that): equality overrides, subclassed builtins, exits at import and inside calls, ``os._exit``, stack and ``gc``
 walking to forge the runner's report, reading the expected output, monkeypatching ``print``/``sys.stdout``,
 ``SystemExit``/``KeyboardInterrupt`` from ``__del__`` or ``__eq__``, forging the reply pipe, reaching other
-processes through ``/proc``, writing outside through a directory fd. Each runs with namespaces (where the
-kernel allows them) and with the audit hook alone.
+processes through ``/proc``, writing outside through a directory fd. Each runs in the kernel sandbox and, to
+show that the verdict does not depend on it, with isolation opted out (``RL2F_SANDBOX_ISOLATION=none``).
+Attacks on the machine itself are in tests/test_sandbox_attacks.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 
 import pytest
 
-from reward_fns import code_sandbox
+from reward_fns import sandbox_isolation
 from reward_fns.code_sandbox import run_code, verify_code
 
 ADD = {"tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
@@ -138,11 +139,13 @@ IO_EXPLOITS = {
 }
 
 
-@pytest.fixture(params=["namespaces", "audit_hook_only"])
+@pytest.fixture(params=["kernel", "opted_out"])
 def isolation_level(request, monkeypatch):
-    if request.param == "namespaces" and not code_sandbox._use_unshare():
-        pytest.skip("user/network/pid namespaces are not available on this machine")
-    monkeypatch.setattr(code_sandbox, "_unshare_ok", request.param == "namespaces")
+    if request.param == "opted_out":
+        monkeypatch.setenv(sandbox_isolation.OPT_OUT_ENV, "none")
+    sandbox_isolation.isolation.cache_clear()
+    yield request.param
+    sandbox_isolation.isolation.cache_clear()
 
 
 def _score(code: str, gt: dict) -> tuple[float, dict]:
@@ -186,7 +189,7 @@ def test_directory_fd_cannot_write_outside():
             "    os.write(fd, b'x')\n    return a + b\n")
     try:
         score, details = _score(code, ADD)
-        assert score == 0.0 and details["status"] == "forbidden", details
+        assert score == 0.0 and details["status"] == "runtime_error", details
         assert not os.path.exists(OUTSIDE)
     finally:
         if os.path.exists(OUTSIDE):
@@ -195,12 +198,13 @@ def test_directory_fd_cannot_write_outside():
 
 def test_other_processes_are_out_of_reach():
     """Not even reading: another process's /proc entries (the judge's pipes, rl2f's memory and environment)."""
-    code = ("import os\ndef add(a, b):\n    opened = []\n    for pid in os.listdir('/proc'):\n"
+    code = ("import os\ndef add(a, b):\n    opened = []\n    try:\n        pids = os.listdir('/proc')\n    except OSError:\n"
+            "        pids = [str(p) for p in range(1, 4000)]\n    for pid in pids:\n"
             "        if pid.isdigit() and pid != os.readlink('/proc/self'):\n"
             "            for name in ('environ', 'fd/0', 'mem', 'cmdline'):\n"
             "                try:\n                    open(f'/proc/{pid}/{name}', 'rb').close()\n"
             "                    opened.append(name)\n                except OSError:\n                    pass\n"
-            "    open('/proc/self/status').read()\n    return a + b if not opened else opened\n")
+            "    return a + b if not opened else opened\n")
     score, details = _score(code, ADD)
     assert score == 1.0, details
 
@@ -208,8 +212,7 @@ def test_other_processes_are_out_of_reach():
 # ---------------------------------------------------------------------------------- plain data both ways
 PLAIN_GT = {"tests": "assert f((1, 2), {'k': {3}}) == ((1, 2), {'k': {3}}, frozenset({(1, 2)}), b'\\x00\\xff', 1 + 2j, "
                      "[None, True, 1.5, 'x'], {(1, 'a'): [2]})\n"
-                     "assert g(3) == 3 and type(g(3)) is int and h() == (1, 2)\n"
-                     "try:\n    f(None, None)\nexcept ValueError as e:\n    assert 'bad' in str(e)\nelse:\n    assert False\n",
+                     "assert g(3) == 3 and type(g(3)) is int and h() == (1, 2)\n",
             "entry_point": "f"}
 PLAIN_OK = ("import collections, enum\nclass E(enum.IntEnum):\n    THREE = 3\n"
             "def f(t, d):\n    if t is None:\n        raise ValueError('bad input')\n"
@@ -218,9 +221,18 @@ PLAIN_OK = ("import collections, enum\nclass E(enum.IntEnum):\n    THREE = 3\n"
             "def h():\n    return collections.namedtuple('P', 'x y')(1, 2)\n")
 
 
-def test_plain_data_round_trips_and_exceptions_cross():
+def test_plain_data_round_trips():
     score, details = _score(PLAIN_OK, PLAIN_GT)
     assert score == 1.0, details
+
+
+def test_an_exception_from_the_candidate_fails_the_test_even_where_the_tests_expect_one():
+    """Any exception a candidate call raises is a failed test (issue 17, point 3): the test code must not be
+    steerable by what the candidate raises, so `except ValueError` in the tests does not catch it."""
+    gt = {"tests": "try:\n    f(None, None)\nexcept ValueError as e:\n    assert 'bad' in str(e)\nelse:\n    assert False\n",
+          "entry_point": "f"}
+    score, details = _score(PLAIN_OK, gt)
+    assert score == 0.0 and details["status"] == "runtime_error" and "ValueError: bad input" in details["error"], details
 
 
 def test_helpers_of_the_problem_come_from_the_judge():

@@ -1,8 +1,8 @@
 """The code sandbox: passing / failing programs, feedback details, and hostile code.
 
-Everything really runs (real subprocesses, real limits). Hostile cases are run under both isolation levels
-available on Linux: with namespaces (``unshare``; skipped where the kernel forbids them) and with the audit
-hook + process group alone (the fallback), and must leave no process and no file behind.
+Everything really runs (real subprocesses, real limits, the kernel sandbox of `reward_fns.sandbox_isolation`).
+Hostile cases here are the everyday ones (loops, allocations, floods, failed escapes) and must leave no process
+and no file behind; deliberate attacks on the machine are in tests/test_sandbox_attacks.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from reward_fns import code_sandbox
 from reward_fns.code_sandbox import CodeGroundTruthError, parse_code_ground_truth, run_code, verify_code
 from reward_fns.extraction import last_code_block
 
@@ -129,36 +128,29 @@ def _sandbox_dirs() -> set[str]:
     return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("rl2f-sbx-")}
 
 
-ISOLATION = ["namespaces", "audit_hook_only"]
-
-
-@pytest.fixture(params=ISOLATION)
-def isolation(request, monkeypatch):
-    if request.param == "namespaces":
-        if not code_sandbox._use_unshare():
-            pytest.skip("user/network/pid namespaces are not available on this machine")
-        monkeypatch.setattr(code_sandbox, "_unshare_ok", True)
-    else:
-        monkeypatch.setattr(code_sandbox, "_unshare_ok", False)
-    return request.param
+def _no_sandbox_processes(within: float = 2.0) -> bool:
+    """The kernel ends a run's PID namespace asynchronously: allow it a moment."""
+    deadline = time.monotonic() + within
+    while _sandbox_processes():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 OUTSIDE = os.path.join(tempfile.gettempdir(), f"rl2f_sandbox_escape_{os.getpid()}.txt")
 
 HOSTILE = {
     "infinite_loop": ("def add(a, b):\n    while True:\n        pass", "timeout"),
-    "fork_bomb": ("import os\ndef add(a, b):\n    while True:\n        os.fork()", "forbidden"),
-    "fork_at_import": ("import os\nos.fork()\ndef add(a, b):\n    return a + b", "forbidden"),
+    "fork_bomb": ("import os\ndef add(a, b):\n    while True:\n        os.fork()", "runtime_error"),
     "huge_allocation": ("def add(a, b):\n    x = bytearray(50 * 1024 ** 3)\n    return a + b", "memory_limit"),
     "growing_list": ("def add(a, b):\n    x = []\n    while True:\n        x.append(b'x' * 10 ** 8)", "memory_limit"),
-    "write_outside": (f"def add(a, b):\n    open({OUTSIDE!r}, 'w').write('x')\n    return a + b", "forbidden"),
-    "delete_outside": (f"import os\ndef add(a, b):\n    os.remove({OUTSIDE!r})\n    return a + b", "forbidden"),
+    "write_outside": (f"def add(a, b):\n    open({OUTSIDE!r}, 'w').write('x')\n    return a + b", "runtime_error"),
+    "delete_outside": (f"import os\ndef add(a, b):\n    os.remove({OUTSIDE!r})\n    return a + b", "runtime_error"),
     "socket": ("import socket\ndef add(a, b):\n    socket.create_connection(('1.1.1.1', 80), timeout=1)\n    return a + b",
                "forbidden"),
     "subprocess": ("import subprocess\ndef add(a, b):\n    subprocess.Popen(['sleep', '100'])\n    return a + b",
-                   "forbidden"),
-    "os_system": ("import os\ndef add(a, b):\n    os.system('sleep 100 &')\n    return a + b", "forbidden"),
-    "ctypes": ("import ctypes\ndef add(a, b):\n    return a + b", "forbidden"),
+                   "runtime_error"),
     "output_flood": ("def add(a, b):\n    while True:\n        print('x' * 10000)", "output_limit"),
     "kill_parent": ("import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b",
                     "forbidden"),
@@ -167,7 +159,7 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_code(name, isolation):
+def test_hostile_code(name):
     code, status = HOSTILE[name]
     if name == "delete_outside":
         with open(OUTSIDE, "w") as f:
@@ -180,8 +172,8 @@ def test_hostile_code(name, isolation):
         assert v.score == 0.0
         assert v.details["status"] == status, (v.reason, v.details)
         assert v.reason
-        assert elapsed < 3.0 + 3.0, elapsed  # the limit (+ kill/teardown on a loaded box)
-        assert not _sandbox_processes(), "sandbox processes left behind"
+        assert elapsed < 3.0 + 1.0, elapsed  # the limit holds within a second, teardown included
+        assert _no_sandbox_processes(), "sandbox processes left behind"
         assert _sandbox_dirs() <= dirs_before, "sandbox temp dir left behind"
         if name == "write_outside":
             assert not os.path.exists(OUTSIDE)
@@ -193,12 +185,13 @@ def test_hostile_code(name, isolation):
 
 
 def test_network_namespace_has_no_network():
-    """With namespaces, even a socket created before the audit hook could not reach anything: check that
-    the namespace has only a loopback interface (read from /proc, no socket needed)."""
-    if not code_sandbox._use_unshare():
-        pytest.skip("namespaces not available")
-    code = ("def add(a, b):\n    ifaces = [l.split(':')[0].strip() for l in open('/proc/net/dev').read().splitlines()[2:]]\n"
-            "    assert ifaces == ['lo'], ifaces\n    return a + b")
+    """The namespace has a loopback interface only, and connecting anywhere fails at once (Landlock refuses TCP
+    connects; without it there would be no route)."""
+    code = ("import errno, socket\ndef add(a, b):\n    if [n for _, n in socket.if_nameindex()] != ['lo']:\n"
+            "        return socket.if_nameindex()\n    for host in ('1.1.1.1', '127.0.0.1'):\n        try:\n"
+            "            socket.create_connection((host, 80), timeout=2)\n            return 'connected'\n"
+            "        except OSError as e:\n            if e.errno not in (errno.EACCES, errno.ENETUNREACH):\n"
+            "                return repr(e)\n    return a + b")
     v = verify_code(block(code), ADD_TESTS, timeout=T)
     assert v.score == 1.0, v.details
 
@@ -214,8 +207,9 @@ def test_files_inside_the_sandbox_are_allowed_and_removed():
 
 def test_environment_is_stripped(monkeypatch):
     monkeypatch.setenv("RL2F_SECRET_TOKEN", "hunter2")
-    code = "import os\ndef add(a, b):\n    assert 'RL2F_SECRET_TOKEN' not in os.environ\n    return a + b"
-    assert verify_code(block(code), ADD_TESTS, timeout=T).score == 1.0
+    code = "import os\ndef add(a, b):\n    return a + b if sorted(os.environ) == ['HOME', 'LANG', 'PWD', 'TMPDIR'] else dict(os.environ)"
+    v = verify_code(block(code), ADD_TESTS, timeout=T)
+    assert v.score == 1.0, v.details
 
 
 def test_run_code_reports_seconds():
@@ -250,4 +244,4 @@ def test_lingering_thread_after_passing_tests_is_killed():
     v = verify_code(block(code), ADD_TESTS, timeout=T)
     assert v.score == 1.0, v.details
     assert time.monotonic() - t0 < T
-    assert not _sandbox_processes()
+    assert _no_sandbox_processes()

@@ -1,0 +1,253 @@
+"""Kernel isolation of the code sandbox: who may do what, and which kernel mechanism enforces it.
+
+Threat model: the candidate program is hostile and stronger than its author (a policy trained against the
+reward). It runs arbitrary Python and native code (ctypes, compiled extensions, new interpreters), and wants
+(a) a score without a solution, (b) to change or read anything outside its run (this project's files, the host's
+files, other processes, other runs, the trainer's secrets), or (c) to crash, hang or exhaust the trainer that
+calls `compute_score`. The test code and expected outputs come from the dataset and are trusted. The kernel,
+bubblewrap and the Python interpreter's own files are trusted. Out of scope: kernel exploits (reduced, not
+excluded: no capabilities, no nested user namespaces, no network) and side channels (timing, CPU load).
+
+Guarantees, in the order to check them (each names the mechanism; none relies on Python-level checks):
+
+1. **Separate host identity.** A run starts as the dedicated unprivileged host uid/gid ``RL2F_SANDBOX_UID``
+   (default 2000000, no supplementary groups) when the trainer is root; otherwise as the caller's own uid.
+   Nothing of the run is host root, so per-user kernel limits (RLIMIT_NPROC) apply.
+2. **Namespaces (bubblewrap, ``bwrap --unshare-all``).** New user, mount, PID, network, IPC, UTS and cgroup
+   namespaces; no capabilities (``--cap-drop ALL``); no further user namespaces (``--disable-userns``); a new
+   session (no terminal injection); SIGKILL to everything in it when the caller's ``bwrap`` dies
+   (``--die-with-parent``, PID namespace teardown). The network namespace has no interface but a down
+   loopback. ``/proc`` is a fresh procfs of the run's own PID namespace: no host process is visible.
+3. **Filesystem view.** A fresh tmpfs root holding only: read-only binds of the sandbox interpreter, its
+   standard library and the shared libraries it loads (`view_paths`), a private ``/dev`` (null, zero,
+   urandom, ...), the run's procfs, the two sandbox programs (copied in from pipes, read-only), the judge's
+   tmpfs ``/judge`` and the candidate's tmpfs ``/work`` of ``disk_mb`` bytes. No site-packages: the tests of
+   the code tasks need the standard library only, and the venv's site-packages are the trainer's own code.
+   The environment is cleared (``--clearenv``) but for LANG, HOME and TMPDIR.
+4. **Landlock on every candidate process** (`restrict_candidate`, applied in the candidate after its pipes
+   are set up and before any of its code runs, inherited by all its children, irrevocable): it may read and
+   execute the interpreter's files only, read and write only under ``/work``; nothing else exists for it
+   (not ``/judge``, not ``/proc``). The Landlock domain also denies ptrace of processes outside it (the judge:
+   no memory, fd or environment access through ``/proc/<pid>``), and with ABI >= 6 signals and abstract unix
+   sockets to them.
+5. **Bounds.** Bytes: the tmpfs sizes. Processes and threads: RLIMIT_NPROC (`MAX_TASKS`), counted per user
+   namespace for the non-root uid of (1). Per process: RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE,
+   no core dumps. Wall clock: the caller kills ``bwrap`` at the deadline; the kernel tears down the PID
+   namespace and frees the tmpfs (no walk over the candidate's files in the caller).
+6. **Verdict channel.** Only the judge holds the result pipe to the caller; the candidate holds two pipes to
+   the judge and nothing else (all other fds closed before its code runs).
+
+What Python adds on top, as defence in depth only (`reward_fns._sandbox_runner`): plain-data replies decoded
+strictly, capped stdout/stderr, and candidate failures that the test code cannot catch.
+
+Where the kernel cannot isolate (no ``bwrap``, no user namespaces, no Landlock, an interpreter the sandbox uid
+cannot read), `isolation` raises `SandboxUnavailable` naming what is missing. Trusted settings (your own code,
+a machine without these features) may opt out explicitly with ``RL2F_SANDBOX_ISOLATION=none``: runs then use
+processes and rlimits only, with NO protection of the host.
+
+The Landlock part runs inside the sandbox (standard library only: this module is copied in); the rest runs in
+the caller.
+"""
+
+import ctypes
+import errno
+import functools
+import os
+import sys
+
+# subprocess and shutil are imported by the caller-side functions: the judge imports this module at start-up
+
+#: the environment variable that opts out of isolation (value ``none``) for trusted code
+OPT_OUT_ENV = "RL2F_SANDBOX_ISOLATION"
+#: processes + threads of one run (bwrap's init, the judge, the candidates and their threads)
+MAX_TASKS = 24
+#: where things are inside the sandbox
+PROGRAM_DIR, JUDGE_DIR, WORK_DIR = "/sandbox", "/judge", "/work"
+JUDGE_DISK_MB = 64
+
+# Landlock (include/uapi/linux/landlock.h); the syscall numbers are the same on every architecture
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
+_FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | 1 << 14  # + TRUNCATE
+_NET_BIND_CONNECT_TCP = 3  # ABI >= 4
+_SCOPE_ABSTRACT_UNIX_SIGNAL = 3  # ABI >= 6
+
+
+class SandboxUnavailable(RuntimeError):
+    """The kernel cannot isolate candidate code here; the message says what is missing and how to opt out."""
+
+
+def _syscall():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 if Landlock is not available."""
+    abi = _syscall().syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    return max(0, abi)
+
+
+def restrict_candidate(read_paths, write_paths) -> None:
+    """Put this process (and every process it creates) in a Landlock domain: read+execute under `read_paths`,
+    read+write under `write_paths`, no other filesystem access, no ptrace of processes outside the domain and
+    (ABI >= 6) no signals or abstract unix sockets to them. Raises OSError if the kernel refuses."""
+    libc = _syscall()
+    abi = landlock_abi()
+    if abi < 1:
+        raise OSError(errno.ENOSYS, "Landlock is not available")
+    fs_all = _FS_RIGHTS_BY_ABI[max(k for k in _FS_RIGHTS_BY_ABI if k <= abi)]
+    attr = [fs_all, _NET_BIND_CONNECT_TCP if abi >= 4 else 0, _SCOPE_ABSTRACT_UNIX_SIGNAL if abi >= 6 else 0]
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    buf = (ctypes.c_uint64 * 3)(*attr)
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        read_exec = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
+        for path, rights in [(p, read_exec) for p in read_paths] + [(p, fs_all) for p in write_paths]:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                allowed = rights if os.path.isdir(path) else rights & _FILE_RIGHTS
+                rule = ctypes.create_string_buffer(allowed.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder, signed=True))
+                if libc.syscall(_SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), rule,
+                                ctypes.c_uint32(0)) < 0:
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule {path} failed")
+            finally:
+                os.close(fd)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) < 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset)
+
+
+# ------------------------------------------------------------------------------------------ caller side
+class Isolation:
+    """How to start one run on this machine: `command` builds the bwrap argv; `popen_kwargs` the identity."""
+
+    def __init__(self, bwrap, python, view, uid):
+        self.bwrap, self.python, self.view, self.uid = bwrap, python, tuple(view), uid
+
+    def command(self, program_fds: dict, disk_mb: int) -> list:
+        """argv of one run: `program_fds` maps file names (copied into PROGRAM_DIR) to readable fds."""
+        cmd = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+               "--die-with-parent", "--new-session", "--clearenv", "--setenv", "LANG", "C.UTF-8",
+               "--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", WORK_DIR]
+        for link in ("/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin"):  # merged-/usr symlinks, as on the host
+            if os.path.islink(link):
+                cmd += ["--symlink", os.readlink(link), link]
+        for path in self.view:
+            cmd += ["--ro-bind", path, path]
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--dir", PROGRAM_DIR]
+        for name, fd in program_fds.items():
+            cmd += ["--perms", "0444", "--ro-bind-data", str(fd), f"{PROGRAM_DIR}/{name}"]
+        cmd += ["--size", str(JUDGE_DISK_MB << 20), "--perms", "0700", "--tmpfs", JUDGE_DIR,
+                "--size", str(int(disk_mb) << 20), "--perms", "0700", "--tmpfs", WORK_DIR,
+                "--remount-ro", "/", "--chdir", WORK_DIR, self.python, "-I", "-B", "-S"]
+        return cmd
+
+    def popen_kwargs(self) -> dict:
+        if self.uid is None:
+            return {}
+        return {"user": self.uid, "group": self.uid, "extra_groups": []}
+
+    def describe(self) -> dict:
+        return {"isolation": "kernel", "bwrap": self.bwrap, "python": self.python, "uid": self.uid or os.getuid(),
+                "view": list(self.view), "landlock_abi": landlock_abi(), "max_tasks": MAX_TASKS}
+
+
+def _sandbox_uid():
+    if os.getuid() != 0:
+        return None
+    return int(os.environ.get("RL2F_SANDBOX_UID", "2000000"))
+
+
+def _readable_by(path: str, uid) -> bool:
+    """Can `uid` (None: this process) open `path` (every directory on the way searchable)?"""
+    if uid is None:
+        return os.access(path, os.R_OK)
+    parts = os.path.realpath(path).split("/")
+    for i in range(2, len(parts) + 1):
+        st = os.stat("/".join(parts[:i]) or "/")
+        need = 0o5 if i < len(parts) else 0o4
+        mode = st.st_mode & 0o7 if st.st_uid != uid else (st.st_mode >> 6) & 0o7
+        if mode & need != need:
+            return False
+    return True
+
+
+def _sandbox_python(uid) -> str:
+    """This interpreter if the sandbox uid can run it, else the system's of the same minor version."""
+    import shutil
+
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [os.environ.get("RL2F_SANDBOX_PYTHON"), os.path.realpath(sys.executable),
+                  shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")]
+    for py in candidates:
+        if py and os.path.isfile(py) and _readable_by(py, uid):
+            return os.path.realpath(py)
+    raise SandboxUnavailable(
+        f"no {version} interpreter that the sandbox uid {uid if uid is not None else os.getuid()} can read: "
+        f"{os.path.realpath(sys.executable)} is in a directory it cannot enter (e.g. under /root). Install "
+        f"{version} system-wide (Debian: apt-get install {version}) or set RL2F_SANDBOX_PYTHON")
+
+
+def view_paths(python: str, uid) -> list:
+    """What the sandbox binds read-only: the interpreter, its standard library (with lib-dynload) and the
+    directories of the shared libraries it and its extension modules load. Asked from that interpreter."""
+    import subprocess
+
+    probe = ("import sys, sysconfig; v = sysconfig.get_config_vars(); "
+             "print(sysconfig.get_paths()['stdlib']); print(v.get('LIBDIR') or ''); print(v.get('MULTIARCH') or '')")
+    out = subprocess.run([python, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    stdlib, libdir, multiarch = (out.stdout.splitlines() + ["", "", ""])[:3]
+    paths = [python, stdlib]
+    if libdir and libdir not in ("/usr/lib", "/lib", "/usr/lib64") and os.path.isfile(
+            os.path.join(libdir, f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0")):
+        paths.append(os.path.join(libdir, f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"))
+    for d in (f"/usr/lib/{multiarch}" if multiarch else "", "/usr/lib64", "/lib64" if not os.path.islink("/lib64") else ""):
+        if d and os.path.isdir(d):
+            paths.append(d)
+    paths = [os.path.realpath(p) for p in paths]
+    unreadable = [p for p in paths if not _readable_by(p, uid)]
+    if unreadable:
+        raise SandboxUnavailable(f"the sandbox uid cannot read {unreadable}")
+    return list(dict.fromkeys(p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)))
+
+
+@functools.lru_cache(maxsize=1)
+def isolation():
+    """The `Isolation` of this machine (probed once), None when the user opted out, or `SandboxUnavailable`."""
+    if os.environ.get(OPT_OUT_ENV, "kernel").strip().lower() == "none":
+        return None
+    import shutil
+    import subprocess
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed: the code sandbox needs it to isolate candidate programs "
+            f"(Debian: apt-get install bubblewrap; `make install` does it as root). For trusted code only: "
+            f"{OPT_OUT_ENV}=none")
+    abi = landlock_abi()
+    if abi < 1:
+        raise SandboxUnavailable(f"the kernel has no Landlock (Linux >= 5.13 with lsm=...,landlock). For trusted "
+                                 f"code only: {OPT_OUT_ENV}=none")
+    uid = _sandbox_uid()
+    python = _sandbox_python(uid)
+    iso = Isolation(bwrap, python, view_paths(python, uid), uid)
+    check = subprocess.run(iso.command({}, 1) + ["-c", "print('ok')"], capture_output=True, text=True, timeout=30,
+                           **iso.popen_kwargs())
+    if check.returncode != 0 or check.stdout.strip() != "ok":
+        raise SandboxUnavailable(
+            f"bubblewrap cannot create the sandbox here ({check.stderr.strip()[:300] or check.returncode}); it needs "
+            f"unprivileged user namespaces (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1"
+            f" where it exists, no AppArmor restriction). For trusted code only: {OPT_OUT_ENV}=none")
+    return iso
