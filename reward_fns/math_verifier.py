@@ -6,7 +6,9 @@ uses it on spans of teacher feedback).
 
 Equivalence, in order (the first that says "equal" wins):
   1. identical after whitespace / ``$`` / ``\\left`` ``\\right`` / trailing-period clean-up, or two plain
-     integers compared exactly (in the caller, no process hop);
+     integers compared exactly, or two plain rationals (``-0.375``, ``3/8``, ``\\frac{3}{8}``) that are equal
+     exactly or differ by more than 1e-4 relative (far beyond math-verify's 6-digit rounding; closer pairs go on
+     to step 2) (in the caller, no process hop: the leak guard checks every number of a feedback this way);
   2. math-verify ``verify(parse(gold), parse(pred))`` (fractions, decimals, LaTeX, sets, intervals, ``1,000``,
      ``x = 3`` vs ``3``, ``\\text{cm}`` units);
   3. the same after our normalisation (``\\text{...}`` and bare trailing unit words stripped, ``\\dfrac``,
@@ -25,11 +27,12 @@ from __future__ import annotations
 
 import functools
 import re
+from fractions import Fraction
 from typing import Any
 
 from .common import VerifyResult, limit, trim
 from .extraction import answer_line, last_boxed, strip_math_delimiters
-from .worker_pool import PoolError, PoolTimeout, get_pool
+from .worker_pool import PoolError, PoolQueueTimeout, PoolTimeout, get_pool
 
 __all__ = ["verify_math", "check_math_answer", "extract_math_answer", "normalize_math_text", "gold_text"]
 
@@ -50,6 +53,20 @@ def extract_math_answer(response: str) -> str | None:
 
 _WS = re.compile(r"\s+")
 _INT = re.compile(r"[-+]?\d{1,60}")
+_RATIONAL = re.compile(r"([-+]?)(?:(\d{1,30}(?:\.\d{1,30})?)(?:/(\d{1,30}))?|\\frac\{(\d{1,30})\}\{(\d{1,30})\})")
+
+
+def _rational(text: str) -> Fraction | None:
+    """The value of a plain rational answer (``-2``, ``0.375``, ``3/8``, ``\\frac{3}{8}``), else None."""
+    m = _RATIONAL.fullmatch(text)
+    if m is None:
+        return None
+    sign, num, den, fnum, fden = m.groups()
+    num, den = (fnum, fden) if fnum is not None else (num, den or "1")
+    if int(den) == 0:
+        return None
+    value = Fraction(num) / int(den)
+    return -value if sign == "-" else value
 
 
 def normalize_math_text(s: str) -> str:
@@ -90,11 +107,21 @@ def check_math_answer(pred: str, gold: Any, timeout: float | None = None) -> Ver
         return VerifyResult(1.0 if same else 0.0, extracted=pred_s,
                             reason="correct (integer)" if same else "not equivalent to the ground truth",
                             details={"method": "integer"})
+    pv, gv = _rational(norm_pred), _rational(norm_gold)
+    if pv is not None and gv is not None:
+        if pv == gv:
+            return VerifyResult(1.0, extracted=pred_s, reason="correct (equal rationals)", details={"method": "rational"})
+        if abs(pv - gv) > Fraction(1, 10_000) * max(abs(pv), abs(gv)):
+            return VerifyResult(0.0, extracted=pred_s, reason="not equivalent to the ground truth",
+                                details={"method": "rational"})
     if len(gold_s) > 10 * max_chars:
         return VerifyResult(0.0, extracted=pred_s, reason=f"ground truth too long ({len(gold_s)} chars)")
     t = limit("math_timeout", timeout)
     try:
         res = get_pool().call("math", {"gold": gold_s, "pred": pred_s}, timeout=t)
+    except PoolQueueTimeout as exc:  # before PoolTimeout (its base): the check never ran
+        return VerifyResult(0.0, extracted=pred_s, reason=f"verifier queue timeout: {exc}",
+                            details={"method": "queue_timeout"})
     except PoolTimeout:
         return VerifyResult(0.0, extracted=pred_s, reason=f"timeout: verification took longer than {t:g}s",
                             details={"method": "timeout"})

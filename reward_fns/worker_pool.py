@@ -12,14 +12,28 @@ verl calls ``compute_score`` from an executor thread, and rl2f's loops call veri
   (``ack``); only then starts the job clock, so a cold import never counts as a verifier timeout;
 * if the result is not back within the limit the worker's process group is SIGKILLed and the slot is
   refilled lazily: a stuck computation (even one inside C code that ignores signals) costs one respawn;
-* workers are spawned on demand, up to ``size`` at a time; callers beyond that wait for a free worker.
+* workers are spawned on demand, up to ``size`` at a time; callers beyond that wait for a free worker, at most
+  ``queue_timeout`` seconds (then `PoolQueueTimeout`): waiting is never charged to a job's own time limit.
 
-Thread-safe; safe to use from any thread and from inside an event loop (via ``asyncio.to_thread``).
+Size: `default_pool_size` (the CPUs this process may use, shared by the agent-loop workers of the node, at most
+`MAX_AUTO_WORKERS`); ``RL2F_VERIFY_WORKERS`` or `configure_pool` (``rl2f.verify_workers``) set it explicitly.
+
+Accounting (`VerifyAccount`): a caller that wants to know where its time went (the didactic episode, the leak
+guard) runs its verification under `run_bounded`, which charges to the caller's account every second spent
+*waiting* (for an executor thread, for a pool worker, or in any other queue a verifier marks with
+`account_wait`) apart from the seconds spent *executing*, bounds each separately, and counts the pool's job
+timeouts. A job that times out is reported as a timeout, never silently as a wrong answer.
+
+Thread-safe; safe to use from any thread and from inside an event loop (via `run_bounded` or ``asyncio.to_thread``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
+import contextlib
+import contextvars
 import json
 import os
 import select
@@ -38,8 +52,142 @@ class PoolTimeout(Exception):
     """The job did not finish within its wall-clock limit (the worker was killed)."""
 
 
+class PoolQueueTimeout(PoolTimeout):
+    """No worker became free within the pool's ``queue_timeout`` (the job never ran)."""
+
+
 class PoolError(Exception):
     """The worker died or answered garbage (e.g. it ran out of memory)."""
+
+
+#: Upper bound of the automatic pool size (each worker holds math-verify + sympy, ~100 MB resident).
+MAX_AUTO_WORKERS = 8
+#: Default bound on waiting for a free worker (seconds); `configure_pool` / ``RL2F_VERIFY_QUEUE_TIMEOUT``.
+DEFAULT_QUEUE_TIMEOUT = 600.0
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which Ray and containers narrow), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_pool_size(workers_per_node: int = 1) -> int:
+    """Verifier processes for one of `workers_per_node` processes that verify on this node (verl's agent-loop
+    workers): an equal share of the usable CPUs, at least 1, at most `MAX_AUTO_WORKERS`."""
+    return max(1, min(MAX_AUTO_WORKERS, usable_cpus() // max(1, int(workers_per_node))))
+
+
+class VerifyAccount:
+    """Where one verification's time went: seconds waiting (queues) vs executing, and the time-outs seen.
+
+    Filled by `WorkerPool.call` (and any queue marked with `account_wait`) for the account of the current
+    context (`run_bounded` sets it; ``asyncio.to_thread`` and executor hops carry it along)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting_since: float | None = time.monotonic()  # from submission until a thread picks the job up
+        self.queue_s = 0.0
+        self.pool_calls = 0
+        self.job_timeouts = 0        # pool jobs killed / interrupted at their own time limit
+        self.queue_timeouts = 0      # pool calls that found no free worker within the pool's queue_timeout
+
+    def start_wait(self) -> None:
+        with self._lock:
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
+
+    def end_wait(self) -> None:
+        with self._lock:
+            if self._waiting_since is not None:
+                self.queue_s += time.monotonic() - self._waiting_since
+                self._waiting_since = None
+
+    def queued_s(self) -> float:
+        """Seconds spent waiting so far, the wait in progress included."""
+        with self._lock:
+            ongoing = time.monotonic() - self._waiting_since if self._waiting_since is not None else 0.0
+            return self.queue_s + ongoing
+
+
+_ACCOUNT: contextvars.ContextVar[VerifyAccount | None] = contextvars.ContextVar("rl2f_verify_account", default=None)
+
+
+@contextlib.contextmanager
+def account_wait():
+    """Charge the time spent in this block (waiting for a slot of some queue) to the current `VerifyAccount` as
+    waiting, not execution. A no-op outside `run_bounded`."""
+    account = _ACCOUNT.get()
+    if account is None:
+        yield
+        return
+    account.start_wait()
+    try:
+        yield
+    finally:
+        account.end_wait()
+
+
+class ExecutionTimeout(Exception):
+    """`run_bounded`: the verification executed longer than its limit (queueing excluded)."""
+
+
+class QueueTimeout(Exception):
+    """`run_bounded`: the verification waited longer than its queue limit."""
+
+
+_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+#: Threads of the verification executor: blocking verifier calls wait here, not in the event loop's default
+#: executor, where verl's own tokenisation (``run_in_executor(None, ...)``) would queue behind them.
+EXECUTOR_THREADS = 32
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = concurrent.futures.ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="rl2f-verify")
+        return _EXECUTOR
+
+
+async def run_bounded(fn, *args, exec_timeout: float, queue_timeout: float, account: VerifyAccount | None = None):
+    """``fn(*args)`` in the verification executor, bounded by `exec_timeout` seconds of *execution* and
+    `queue_timeout` seconds of *waiting* (for the thread and for pool workers), each measured on `account`.
+
+    Raises `ExecutionTimeout` / `QueueTimeout` (the thread is left to finish on its own; the pool's hard limit
+    bounds it). Returns ``fn``'s result; its account is `account` (pass one to read it afterwards)."""
+    account = account if account is not None else VerifyAccount()
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    ctx.run(_ACCOUNT.set, account)
+
+    def in_thread():
+        account.end_wait()  # the thread picked the job up: waiting for the executor ends here
+        return ctx.run(fn, *args)
+
+    future = loop.run_in_executor(_executor(), in_thread)
+    start = time.monotonic()
+    while True:
+        queued = account.queued_s()
+        executed = time.monotonic() - start - queued
+        if queued > queue_timeout:
+            future.add_done_callback(_discard_result)
+            raise QueueTimeout(f"waited {queued:.1f}s for the verifier (limit {queue_timeout:g}s)")
+        if executed > exec_timeout:
+            future.add_done_callback(_discard_result)
+            raise ExecutionTimeout(f"ran {executed:.1f}s (limit {exec_timeout:g}s; {queued:.1f}s queueing not counted)")
+        wait = min(exec_timeout - executed, queue_timeout - queued)
+        done, _ = await asyncio.wait({future}, timeout=max(wait, 0.01))
+        if done:
+            return future.result()
+
+
+def _discard_result(future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" noise for an abandoned check
 
 
 @dataclass(eq=False)
@@ -103,6 +251,7 @@ class WorkerPool:
 
     Args:
         size: maximum number of worker processes (and concurrent jobs).
+        queue_timeout: longest wait for a free worker before `PoolQueueTimeout` (not part of a job's time).
         memory_mb: address-space limit (RLIMIT_AS) of each worker.
         max_jobs_per_worker: recycle a worker after this many jobs (bounds slow memory growth in sympy caches).
         startup_timeout: limit for starting a worker and for the imports a job asks for (not job time).
@@ -112,8 +261,10 @@ class WorkerPool:
     """
 
     def __init__(self, size: int = 2, memory_mb: int = 4096, max_jobs_per_worker: int = 2000,
-                 startup_timeout: float = 120.0, jobs_module: str | None = None):
+                 startup_timeout: float = 120.0, jobs_module: str | None = None,
+                 queue_timeout: float = DEFAULT_QUEUE_TIMEOUT):
         self.size = max(1, int(size))
+        self.queue_timeout = float(queue_timeout)
         self.memory_mb = int(memory_mb)
         self.max_jobs_per_worker = max_jobs_per_worker
         self.startup_timeout = startup_timeout
@@ -155,11 +306,17 @@ class WorkerPool:
         return worker
 
     def _acquire(self) -> _Worker | None:
+        """A free worker (None: spawn one), after at most ``queue_timeout`` seconds (else `PoolQueueTimeout`)."""
         with self._cond:
             if self._pid != os.getpid():  # we were forked: the parent's workers are not ours
                 self._idle, self._all, self._busy, self._pid = [], set(), 0, os.getpid()
+            deadline = time.monotonic() + self.queue_timeout
             while not self._idle and self._busy >= self.size:
-                self._cond.wait()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PoolQueueTimeout(f"no verifier worker free within {self.queue_timeout:g}s "
+                                           f"({self.size} workers busy)")
+                self._cond.wait(remaining)
             self._busy += 1
             while self._idle:
                 w = self._idle.pop()
@@ -172,7 +329,7 @@ class WorkerPool:
         with self._cond:
             self._busy -= 1
             if worker is not None:
-                if worker.alive() and worker.jobs < self.max_jobs_per_worker:
+                if worker.alive() and worker.jobs < self.max_jobs_per_worker and len(self._all) <= self.size:
                     self._idle.append(worker)
                 else:
                     self._all.discard(worker)
@@ -189,12 +346,33 @@ class WorkerPool:
         """Run job `fn` with `args` in a worker; return its result.
 
         Raises `PoolTimeout` if the job ran longer than `timeout` seconds (the worker is killed and replaced),
-        `PoolError` if the worker died (e.g. out of memory) or the job raised (message = the job's error).
+        `PoolQueueTimeout` if no worker was free within ``queue_timeout`` (time waiting is never part of
+        `timeout`), `PoolError` if the worker died (e.g. out of memory) or the job raised (message = the job's
+        error). Waits, job time-outs and queue time-outs are recorded on the current `VerifyAccount`.
         """
-        worker = self._acquire()
+        account = _ACCOUNT.get()
+        try:
+            with account_wait():
+                worker = self._acquire()
+        except PoolQueueTimeout:
+            if account is not None:
+                account.queue_timeouts += 1
+            raise
+        if account is not None:
+            account.pool_calls += 1
+        try:
+            return self._run(worker, fn, args, timeout, preload)
+        except PoolTimeout:
+            if account is not None:
+                account.job_timeouts += 1
+            raise
+
+    def _run(self, worker: _Worker | None, fn: str, args: dict[str, Any], timeout: float, preload: tuple[str, ...]) -> Any:
+        """`call` once a slot is held: spawn if needed, send the job, wait for its answer, release the slot."""
         try:
             if worker is None:
-                worker = self._spawn()
+                with account_wait():  # a cold start is the pool's set-up, not the job's time
+                    worker = self._spawn()
                 with self._cond:
                     self._all.add(worker)
             with self._cond:
@@ -202,9 +380,10 @@ class WorkerPool:
                 job_id = self._seq
             worker.jobs += 1
             try:
-                worker.send({"id": job_id, "fn": fn, "args": args, "preload": list(preload),
-                             "soft_timeout": float(timeout)})
-                ack = worker.recv(time.monotonic() + self.startup_timeout)
+                with account_wait():  # imports and set-up the job asks for: untimed, as in the worker
+                    worker.send({"id": job_id, "fn": fn, "args": args, "preload": list(preload),
+                                 "soft_timeout": float(timeout)})
+                    ack = worker.recv(time.monotonic() + self.startup_timeout)
                 if ack.get("id") != job_id or "ack" not in ack:
                     raise PoolError(f"verifier worker protocol error: {ack}")
                 answer = worker.recv(time.monotonic() + float(timeout))
@@ -246,14 +425,44 @@ _POOLS: dict[str, WorkerPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+_CONFIGURED: dict[str, float] = {}
+
+
+def configure_pool(size: int | None = None, queue_timeout: float | None = None) -> None:
+    """Set the verifier pool's size (None/0: keep ``RL2F_VERIFY_WORKERS`` or the default) and queue timeout for
+    this process (the didactic loop calls it with ``rl2f.verify_workers`` / ``rl2f.verify_queue_timeout_s``).
+    An existing pool is resized in place: extra workers retire as they come back idle."""
+    with _POOLS_LOCK:
+        if size:
+            _CONFIGURED["size"] = max(1, int(size))
+        if queue_timeout is not None:
+            _CONFIGURED["queue_timeout"] = float(queue_timeout)
+        pool = _POOLS.get("verify")
+    if pool is not None:
+        size, queue = _pool_settings()
+        with pool._cond:
+            pool.size, pool.queue_timeout = size, queue
+            pool._cond.notify_all()
+
+
+def _pool_settings() -> tuple[int, float]:
+    """(size, queue_timeout): `configure_pool`, else the environment, else the defaults."""
+    env_size = int(os.environ.get("RL2F_VERIFY_WORKERS", "0") or 0)
+    size = int(_CONFIGURED.get("size") or env_size or default_pool_size())
+    env_queue = os.environ.get("RL2F_VERIFY_QUEUE_TIMEOUT")
+    queue = _CONFIGURED.get("queue_timeout", float(env_queue) if env_queue else DEFAULT_QUEUE_TIMEOUT)
+    return size, queue
+
+
 def get_pool(name: str = "verify") -> WorkerPool:
-    """The process-wide pool `name` (created on first use; size from ``RL2F_VERIFY_WORKERS``, default 2)."""
+    """The process-wide pool `name` (created on first use; size and queue timeout: `configure_pool`, else
+    ``RL2F_VERIFY_WORKERS`` / ``RL2F_VERIFY_QUEUE_TIMEOUT``, else `default_pool_size` / 600 s)."""
     with _POOLS_LOCK:
         pool = _POOLS.get(name)
         if pool is None:
-            size = int(os.environ.get("RL2F_VERIFY_WORKERS", "0") or 0) or min(2, os.cpu_count() or 1)
+            size, queue = _pool_settings()
             mem = int(os.environ.get("RL2F_VERIFY_MEMORY_MB", "4096"))
-            pool = _POOLS[name] = WorkerPool(size=size, memory_mb=mem)
+            pool = _POOLS[name] = WorkerPool(size=size, memory_mb=mem, queue_timeout=queue)
         return pool
 
 

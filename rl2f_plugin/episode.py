@@ -7,18 +7,21 @@
     step.record.reward, step.record.turns[0].verdict, ...
 
 A step takes the student's reply and
-1. verifies it with the task's verifier (off the event loop, time-bounded: a timeout is a wrong answer);
+1. verifies it with the task's verifier (off the event loop; ``rl2f.verify_timeout_s`` bounds its *execution*,
+   ``rl2f.verify_queue_timeout_s`` its waiting for verifier capacity; a verdict that comes from a time limit
+   scores 0 and is counted as a verify timeout, never passed off as a plain wrong answer);
 2. ends the episode if it is correct, if the caller says there is no room for another reply (``can_continue``)
    or if it was the K-th reply (``rl2f.max_turns``);
 3. otherwise asks the teacher for feedback, checks it with the leak guard (regenerating up to
    ``leak_guard.max_regenerations`` times, then falling back to the safe generic feedback) and returns it; it
-   becomes the next user turn when the next reply is stepped. A failing teacher is handled by
-   ``rl2f.on_teacher_error`` (fallback feedback, stop, or raise).
+   becomes the next user turn when the next reply is stepped. A leak check that times out withholds the
+   feedback like a leak but is counted as a leak-guard timeout, not a leak. A failing teacher is handled by
+   ``rl2f.on_teacher_error`` (fallback feedback, stop, or raise); a teacher timeout is counted as such.
 
 The episode knows no tokens; the verl agent loops (`rl2f_plugin.agent_loops.didactic`) turn it into token ids and
 masks, and may end it early with `end(truncated=True)` when the response budget runs out. Its `EpisodeRecord`
-(turns, verdicts, leaks, teacher errors, timings, reward) gives the trajectory's ``extra_fields`` and the metrics'
-`TrajectoryRecord`.
+(turns, verdicts, leaks, teacher errors, time-outs, queue waits, timings, reward) gives the trajectory's
+``extra_fields`` and the metrics' `TrajectoryRecord`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import schema
+from reward_fns.worker_pool import ExecutionTimeout, QueueTimeout, VerifyAccount, configure_pool, run_bounded
+
 from .config import RL2FConfig, plain
 from .leak_guard import LeakGuard
 from .metrics import TrajectoryRecord
@@ -51,16 +56,32 @@ class TurnRecord:
     reply: str
     verdict: VerifyResult
     verify_s: float = 0.0
+    verify_timed_out: bool = False
+    """The verdict came from a time limit (the episode's execution bound, a verifier job's limit, a sandboxed
+    program's wall clock): scored 0 without the answer having been judged wrong."""
+    verify_queue_timed_out: bool = False
+    """The verifier could not get capacity within ``rl2f.verify_queue_timeout_s`` (scored 0, never judged)."""
+    verify_queue_s: float = 0.0
+    """Seconds this reply's verification and its feedback's leak checks waited for verifier capacity."""
     feedback: str | None = None
     """The feedback written after this reply (None: the episode ended, or the teacher failed with on_teacher_error=stop)."""
     delivered: bool = False
     """The feedback reached the student (False when the episode was cut before the next reply)."""
     leaks: int = 0
     """Leaks the guard caught while this feedback was written (each caused a regeneration or the fallback)."""
+    leak_guard_timeouts: int = 0
+    """Leak checks that timed out (each withheld the feedback: a regeneration or the fallback, not a leak)."""
     fell_back: bool = False
-    """The safe generic feedback was used after ``max_regenerations`` leaks."""
+    """The safe generic feedback was used after the guard rejected ``max_regenerations + 1`` attempts."""
     teacher_error: str | None = None
+    teacher_timed_out: bool = False
     teacher_s: float = 0.0
+
+    @property
+    def used_fallback(self) -> bool:
+        """The student got the safe generic feedback instead of the teacher's (guard rejections or a teacher
+        failure under ``on_teacher_error: fallback``)."""
+        return self.fell_back or (self.teacher_error is not None and self.feedback is not None)
 
 
 @dataclass
@@ -88,8 +109,29 @@ class EpisodeRecord:
 
     @property
     def leaked_turns(self) -> int:
-        """Feedback turns that fell back to the safe generic feedback after leaks."""
-        return sum(t.fell_back for t in self.turns)
+        """Feedback turns that fell back to the safe generic feedback after leaks (at least one caught)."""
+        return sum(t.fell_back and t.leaks > 0 for t in self.turns)
+
+    @property
+    def guard_timeout_turns(self) -> int:
+        """Feedback turns that fell back only because the leak checks timed out (no leak caught)."""
+        return sum(t.fell_back and t.leaks == 0 for t in self.turns)
+
+    @property
+    def timeouts(self) -> dict[str, int]:
+        """Time-outs of this episode by kind (`rl2f_plugin.schema` names them in ``extra_fields``)."""
+        return {"verify": sum(t.verify_timed_out for t in self.turns),
+                "verify_queue": sum(t.verify_queue_timed_out for t in self.turns),
+                "leak_guard": sum(t.leak_guard_timeouts for t in self.turns),
+                "teacher": sum(t.teacher_timed_out for t in self.turns)}
+
+    @property
+    def fallbacks(self) -> int:
+        return sum(t.used_fallback for t in self.turns)
+
+    @property
+    def verify_queue_s(self) -> float:
+        return float(sum(t.verify_queue_s for t in self.turns))
 
     @property
     def feedback_turns(self) -> int:
@@ -104,13 +146,22 @@ class EpisodeRecord:
         return TrajectoryRecord(
             solved_at_turn=self.solved_at, num_student_turns=len(self.turns), max_turns=self.max_turns,
             leaks=self.leaks, leaked_turns=self.leaked_turns,
-            feedback_tokens=feedback_tokens, feedback_turns=self.feedback_turns, data_source=data_source or self.task)
+            feedback_tokens=feedback_tokens, feedback_turns=self.feedback_turns, data_source=data_source or self.task,
+            **self._timeout_fields())
+
+    def _timeout_fields(self) -> dict[str, Any]:
+        t = self.timeouts
+        return {"verify_timeouts": t["verify"], "verify_queue_timeouts": t["verify_queue"],
+                "verify_queue_s": self.verify_queue_s, "leak_guard_timeouts": t["leak_guard"],
+                "guard_timeout_turns": self.guard_timeout_turns, "teacher_timeouts": t["teacher"],
+                "fallbacks": self.fallbacks}
 
     def extra_fields(self, feedback_tokens: int = 0) -> dict[str, Any]:
         """The trajectory's ``extra_fields`` (`rl2f_plugin.schema` keys), read by metrics, loss and evaluation."""
         solved, k = self.solved_at, self.max_turns
         leaks, fell_back = self.leaks, self.leaked_turns
         teacher_errors = sum(t.teacher_error is not None for t in self.turns)
+        timeouts = self.timeouts
         return {
             schema.EF_TURN_CORRECT: self.turn_correct,
             schema.EF_TURN_SCORES: [float(t.verdict.score) for t in self.turns],
@@ -126,6 +177,13 @@ class EpisodeRecord:
             schema.EF_MAX_TURNS: k,
             schema.EF_TEACHER_ERRORS: teacher_errors,
             schema.EF_FINAL_RESPONSE: self.final_reply,
+            schema.EF_VERIFY_TIMEOUTS: timeouts["verify"],
+            schema.EF_VERIFY_QUEUE_TIMEOUTS: timeouts["verify_queue"],
+            schema.EF_VERIFY_QUEUE_S: self.verify_queue_s,
+            schema.EF_LEAK_GUARD_TIMEOUTS: timeouts["leak_guard"],
+            schema.EF_GUARD_TIMEOUT_TURNS: self.guard_timeout_turns,
+            schema.EF_TEACHER_TIMEOUTS: timeouts["teacher"],
+            schema.EF_FALLBACKS: self.fallbacks,
             schema.REWARD_EXTRA_INFO: {
                 "score": self.reward,
                 "acc": float(self.turns[-1].verdict.correct) if self.turns else 0.0,
@@ -136,6 +194,10 @@ class EpisodeRecord:
                 "leaked_turns": float(fell_back),
                 "teacher_errors": float(teacher_errors),
                 "truncated": float(self.truncated),
+                "verify_timeouts": float(timeouts["verify"] + timeouts["verify_queue"]),
+                "leak_guard_timeouts": float(timeouts["leak_guard"]),
+                "teacher_timeouts": float(timeouts["teacher"]),
+                "fallbacks": float(self.fallbacks),
             },
         }
 
@@ -166,9 +228,11 @@ class DidacticEpisode:
         self.problem = problem_text(self.extra_info, self.messages)
         lg = config.leak_guard
         self.guard = (LeakGuard(task, ground_truth, self.extra_info, config=lg, judge=teacher.complete,
-                                prompt_version=config.teacher.prompt_version) if leak_guard and lg.enable else None)
+                                prompt_version=config.teacher.prompt_version,
+                                queue_timeout_s=config.verify_queue_timeout_s) if leak_guard and lg.enable else None)
         self.record = EpisodeRecord(task=task.name, max_turns=config.max_turns)
         self.done = False
+        configure_pool(size=config.verify_workers, queue_timeout=config.verify_queue_timeout_s)
 
     @classmethod
     def from_sample(cls, sample: Mapping[str, Any], config: RL2FConfig, *, teacher: Teacher,
@@ -201,9 +265,10 @@ class DidacticEpisode:
             turns[-1].delivered = True
         self.messages.append({"role": "assistant", "content": reply})
         t0 = time.perf_counter()
-        verdict = await self._verify(reply)
-        turn = TurnRecord(reply=reply, verdict=verdict, verify_s=time.perf_counter() - t0)
+        turn = await self._verify(reply)
+        turn.verify_s = time.perf_counter() - t0
         turns.append(turn)
+        verdict = turn.verdict
         if verdict.correct:
             return self.end()
         if not can_continue:
@@ -225,16 +290,29 @@ class DidacticEpisode:
         return Step(done=True, feedback=None, record=self.record)
 
     # ------------------------------------------------------------------------------------------------------------
-    async def _verify(self, reply: str) -> VerifyResult:
-        timeout = self.config.verify_timeout_s
+    async def _verify(self, reply: str) -> TurnRecord:
+        """The reply's verdict in a new `TurnRecord`, with its time-outs and queue wait."""
+        account = VerifyAccount()
+        timed_out = queue_timed_out = False
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self.task.verify, reply, self.ground_truth, self.extra_info), timeout=timeout)
-        except asyncio.TimeoutError:
-            return VerifyResult(score=0.0, reason=f"verifier timeout after {timeout:g}s")
+            verdict = await run_bounded(self.task.verify, reply, self.ground_truth, self.extra_info,
+                                        exec_timeout=self.config.verify_timeout_s,
+                                        queue_timeout=self.config.verify_queue_timeout_s, account=account)
+        except ExecutionTimeout as exc:
+            verdict, timed_out = VerifyResult(score=0.0, reason=f"verifier timeout: {exc}"), True
+        except QueueTimeout as exc:
+            verdict, queue_timed_out = VerifyResult(score=0.0, reason=f"verifier queue timeout: {exc}"), True
         except Exception as exc:  # noqa: BLE001 - the contract says verify never raises; be safe anyway
             logger.warning("rl2f: task %r verify raised %s: %s (scored 0)", self.task.name, type(exc).__name__, exc)
-            return VerifyResult(score=0.0, reason=f"verifier error: {type(exc).__name__}")
+            verdict = VerifyResult(score=0.0, reason=f"verifier error: {type(exc).__name__}")
+        timed_out = timed_out or account.job_timeouts > 0 or (verdict.details or {}).get("status") == "timeout"
+        queue_timed_out = queue_timed_out or account.queue_timeouts > 0
+        if (timed_out or queue_timed_out) and not verdict.correct:
+            logger.warning("rl2f: task %r: %s at turn %d (scored 0, counted as a %s)", self.task.name,
+                           verdict.reason, len(self.record.turns) + 1,
+                           "verify timeout" if timed_out else "verifier queue timeout")
+        return TurnRecord(reply=reply, verdict=verdict, verify_timed_out=timed_out,
+                          verify_queue_timed_out=queue_timed_out, verify_queue_s=account.queued_s())
 
     def safe_feedback(self) -> str:
         return render_prompt("safe_feedback", self.config.teacher.prompt_version)
@@ -250,6 +328,7 @@ class DidacticEpisode:
             try:
                 text = await asyncio.wait_for(self.teacher.feedback(ctx), timeout=timeout)
             except (TeacherError, asyncio.TimeoutError) as exc:
+                turn.teacher_timed_out = isinstance(exc, asyncio.TimeoutError)
                 turn.teacher_error = str(exc) or f"teacher timed out after {timeout:g}s"
                 if policy == "raise":
                     raise TeacherError(f"rl2f: teacher {self.teacher.name!r} failed at turn {ctx.turn}: "
@@ -263,6 +342,10 @@ class DidacticEpisode:
                 turn.feedback = text
                 return
             report = await self.guard.acheck(text)
+            turn.verify_queue_s += report.queue_s
+            if report.timed_out:
+                turn.leak_guard_timeouts += 1
+                continue  # unverifiable: withheld like a leak, counted as a leak-guard timeout (logged by the guard)
             if not report.leaked:
                 turn.feedback = text
                 return

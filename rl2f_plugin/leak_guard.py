@@ -12,8 +12,11 @@ Two deterministic checks, plus an optional LLM judge:
 3. *LLM judge* (``leak_guard.llm_judge: true``): a yes/no question to an LLM (the teacher's model) with the
    ``leak_judge`` prompt; it can only add leaks, never clear one found by 1 or 2.
 
-The checks run off the event loop (the verifier may block) and are time-bounded (``leak_guard.timeout_s``):
-a check that times out counts as a leak, so an unverifiable feedback never reaches the student.
+The checks run off the event loop (the verifier may block), in the verification executor: ``leak_guard.timeout_s``
+bounds their *execution* and ``rl2f.verify_queue_timeout_s`` their waiting for verifier capacity
+(`reward_fns.worker_pool.run_bounded`). A check that times out, or one whose equivalence check of a span hit the
+verifier's own time limit, is reported as ``timed_out`` (not as a leak): the episode withholds that feedback
+all the same, so an unverifiable feedback never reaches the student, and counts a leak-guard timeout.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import LeakGuardConfig
+from reward_fns.worker_pool import ExecutionTimeout, QueueTimeout, VerifyAccount, run_bounded
+
+from .config import DEFAULT_VERIFY_QUEUE_TIMEOUT_S, LeakGuardConfig
 from .prompts import render_prompt
 from .tasks.base import Task, format_ground_truth
 from .teachers.base import CompleteFn
@@ -109,7 +114,11 @@ def answer_like_spans(text: str, max_spans: int = 64) -> list[str]:
 class LeakReport:
     leaked: bool
     reasons: list[str] = field(default_factory=list)
-    """E.g. ``"string:0.5"``, ``"equivalent:1/2"``, ``"judge"``, ``"timeout"``."""
+    """E.g. ``"string:0.5"``, ``"equivalent:1/2"``, ``"judge"``, ``"timeout: ..."``."""
+    timed_out: bool = False
+    """The check could not finish in time (``leaked`` is then False): the feedback is unverified."""
+    queue_s: float = 0.0
+    """Seconds the check waited for verifier capacity (not part of ``timeout_s``)."""
 
 
 class LeakGuard:
@@ -118,7 +127,7 @@ class LeakGuard:
 
     def __init__(self, task: Task, ground_truth: Any, extra_info: dict | None = None, *,
                  config: LeakGuardConfig | None = None, judge: CompleteFn | None = None, prompt_version: str = "v1",
-                 **options: Any):
+                 queue_timeout_s: float = DEFAULT_VERIFY_QUEUE_TIMEOUT_S, **options: Any):
         config = config if config is not None else LeakGuardConfig(**options)
         self.config = config
         self.task = task
@@ -127,6 +136,7 @@ class LeakGuard:
         self.check_spans = config.check_spans
         self.max_spans = config.max_spans
         self.timeout_s = config.timeout_s
+        self.queue_timeout_s = queue_timeout_s
         self.llm_judge = config.llm_judge
         self.judge = judge
         self.prompt_version = prompt_version
@@ -160,11 +170,18 @@ class LeakGuard:
         report = self.check_strings(feedback)
         spans = answer_like_spans(feedback, self.max_spans) if (self.check_spans and not report.leaked) else []
         if spans:  # only the verifier may block: run it off the event loop, time-bounded
+            account = VerifyAccount()
             try:
-                report = await asyncio.wait_for(asyncio.to_thread(self.check_equivalent_spans, spans), timeout=self.timeout_s)
-            except asyncio.TimeoutError:
-                logger.warning("rl2f leak guard: check timed out after %.1fs; treating the feedback as leaked", self.timeout_s)
-                return LeakReport(True, ["timeout"])
+                report = await run_bounded(self.check_equivalent_spans, spans, exec_timeout=self.timeout_s,
+                                           queue_timeout=self.queue_timeout_s, account=account)
+                if not report.leaked and (account.job_timeouts or account.queue_timeouts):  # a span went unchecked
+                    raise ExecutionTimeout(f"{account.job_timeouts + account.queue_timeouts} span check(s) hit the "
+                                           f"verifier's time limit")
+            except (ExecutionTimeout, QueueTimeout) as exc:
+                logger.warning("rl2f leak guard: check timed out (%s); the feedback is withheld as unverified "
+                               "(counted as a leak-guard timeout, not a leak)", exc)
+                return LeakReport(False, [f"timeout: {exc}"], timed_out=True, queue_s=account.queued_s())
+            report.queue_s = account.queued_s()
         if report.leaked or not (self.llm_judge and self.judge is not None):
             return report
         prompt = render_prompt("leak_judge", self.prompt_version, answer=format_ground_truth(self.ground_truth), feedback=feedback)
@@ -175,5 +192,5 @@ class LeakGuard:
             return report
         words = re.findall(r"[A-Za-z]+", verdict)
         if words and words[0].upper() == "LEAK":
-            return LeakReport(True, ["judge"])
+            return LeakReport(True, ["judge"], queue_s=report.queue_s)
         return report

@@ -15,17 +15,25 @@ Definitions (one trajectory = one didactic interaction of at most K student turn
 * turns to solve: mean ``solved_at_turn`` over solved trajectories (NaN-free: omitted when none is solved).
 * mean student turns: mean number of student answers per trajectory.
 * leak rate: leaks caught by the leak guard / teacher generations, where a trajectory's teacher generations
-  are its feedback turns plus the regenerations leaks caused (``feedback_turns + leaks - leaked_turns``: every
-  caught leak triggers one more generation, except the last of a turn that fell back to safe feedback). This
-  is the paper's "fraction of teacher turns that leaked" before the guard. ``leaked_turn_rate`` is the
-  fraction of feedback turns that ended on the safe fallback.
+  are its feedback turns plus the regenerations the guard caused (``feedback_turns + leaks +
+  leak_guard_timeouts - leaked_turns - guard_timeout_turns``: every rejected attempt triggers one more
+  generation, except the last of a turn that fell back to safe feedback). This is the paper's "fraction of
+  teacher turns that leaked" before the guard; a leak check that timed out is not a leak. ``leaked_turn_rate``
+  is the fraction of feedback turns that ended on the safe fallback after leaks.
   Feedback turns are read from ``rl2f_feedback_turns`` when the loop writes it, else ``num_student_turns - 1``
   (each revision follows exactly one feedback turn).
 * feedback tokens: mean number of teacher-feedback tokens per trajectory (what the world-model loss trains on).
+* time-outs, each its own count over the batch (0 is the healthy value): ``timeouts/verify`` (replies scored 0
+  because verification hit a time limit), ``timeouts/verify_queue`` (no verifier capacity within
+  ``rl2f.verify_queue_timeout_s``), ``timeouts/leak_guard`` (leak checks that timed out; the feedback was
+  withheld), ``timeouts/teacher``; ``fallbacks`` (feedback turns that got the safe generic feedback, for any
+  reason); ``verify_queue_s/mean`` and ``/max`` (seconds a trajectory's verifications waited for capacity).
 
 Metric names: ``{prefix}/acc_turn{k}``, ``{prefix}/solve_rate``, ``{prefix}/turns_to_solve``,
 ``{prefix}/mean_student_turns``, ``{prefix}/leak_rate``, ``{prefix}/leaked_turn_rate``,
-``{prefix}/feedback_tokens``, ``{prefix}/num_trajectories``, and the same under ``{prefix}/{data_source}/...``.
+``{prefix}/feedback_tokens``, ``{prefix}/num_trajectories``, ``{prefix}/timeouts/{verify,verify_queue,leak_guard,
+teacher}``, ``{prefix}/fallbacks``, ``{prefix}/verify_queue_s/{mean,max}``, and the same under
+``{prefix}/{data_source}/...``.
 """
 
 from __future__ import annotations
@@ -56,6 +64,16 @@ __all__ = [
 #: Optional extra field: feedback turns actually given in the trajectory (falls back to num_student_turns - 1).
 EF_FEEDBACK_TURNS = schema.EF_FEEDBACK_TURNS
 
+#: TrajectoryRecord counters read from extra fields of the same meaning (0 when absent: older trajectories).
+_TIMEOUT_FIELDS = {
+    "verify_timeouts": schema.EF_VERIFY_TIMEOUTS,
+    "verify_queue_timeouts": schema.EF_VERIFY_QUEUE_TIMEOUTS,
+    "leak_guard_timeouts": schema.EF_LEAK_GUARD_TIMEOUTS,
+    "guard_timeout_turns": schema.EF_GUARD_TIMEOUT_TURNS,
+    "teacher_timeouts": schema.EF_TEACHER_TIMEOUTS,
+    "fallbacks": schema.EF_FALLBACKS,
+}
+
 #: The extra fields whose presence marks a trajectory as an rl2f (didactic/autodidact) one.
 _REQUIRED = (schema.EF_SOLVED_AT_TURN, schema.EF_NUM_STUDENT_TURNS)
 
@@ -72,6 +90,13 @@ class TrajectoryRecord:
     feedback_tokens: int = 0
     feedback_turns: int | None = None
     data_source: str = "unknown"
+    verify_timeouts: int = 0
+    verify_queue_timeouts: int = 0
+    verify_queue_s: float = 0.0
+    leak_guard_timeouts: int = 0
+    guard_timeout_turns: int = 0
+    teacher_timeouts: int = 0
+    fallbacks: int = 0
 
     def __post_init__(self):
         if self.num_student_turns < 0 or self.max_turns < 0:
@@ -123,6 +148,8 @@ def record_from_extra_fields(
             feedback_tokens=_as_int(ef.get(schema.EF_FEEDBACK_TOKENS, 0), schema.EF_FEEDBACK_TOKENS, where),
             feedback_turns=None if fb_turns is None else _as_int(fb_turns, EF_FEEDBACK_TURNS, where),
             data_source=str(source),
+            verify_queue_s=float(ef.get(schema.EF_VERIFY_QUEUE_S, 0.0) or 0.0),
+            **{name: _as_int(ef.get(key, 0), key, where) for name, key in _TIMEOUT_FIELDS.items()},
         )
     except ValueError as exc:
         if str(exc).startswith(where):
@@ -173,9 +200,11 @@ def mean_student_turns(records: Sequence[TrajectoryRecord]) -> float:
 
 
 def teacher_generations(records: Iterable[TrajectoryRecord]) -> int:
-    """Teacher generations the leak guard checked: feedback turns plus the regenerations caught leaks caused
-    (``feedback_turns + leaks - leaked_turns``, see the module docstring); the leak rate's denominator."""
-    return sum(r.n_feedback_turns + r.leaks - r.leaked_turns for r in records)
+    """Teacher generations the leak guard checked: feedback turns plus the regenerations its rejections caused
+    (``feedback_turns + leaks + leak_guard_timeouts - leaked_turns - guard_timeout_turns``, see the module
+    docstring); the leak rate's denominator."""
+    return sum(r.n_feedback_turns + r.leaks + r.leak_guard_timeouts - r.leaked_turns - r.guard_timeout_turns
+               for r in records)
 
 
 def leak_rate(records: Iterable[TrajectoryRecord]) -> float:
@@ -205,6 +234,11 @@ def _group_metrics(records: Sequence[TrajectoryRecord], prefix: str) -> dict[str
         out[f"{prefix}/leaked_turn_rate"] = sum(r.leaked_turns for r in records) / fb_turns
     out[f"{prefix}/feedback_tokens"] = sum(r.feedback_tokens for r in records) / len(records)
     out[f"{prefix}/num_trajectories"] = float(len(records))
+    for kind in ("verify", "verify_queue", "leak_guard", "teacher"):
+        out[f"{prefix}/timeouts/{kind}"] = float(sum(getattr(r, f"{kind}_timeouts") for r in records))
+    out[f"{prefix}/fallbacks"] = float(sum(r.fallbacks for r in records))
+    out[f"{prefix}/verify_queue_s/mean"] = sum(r.verify_queue_s for r in records) / len(records)
+    out[f"{prefix}/verify_queue_s/max"] = max(r.verify_queue_s for r in records)
     return out
 
 

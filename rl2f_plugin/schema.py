@@ -24,4 +24,12 @@ EF_TASK = "rl2f_task"                          # str, task name
 EF_MAX_TURNS = "rl2f_max_turns"                # int, K used for this trajectory
 EF_TEACHER_ERRORS = "rl2f_teacher_errors"      # int, feedback turns where the teacher failed
 EF_FINAL_RESPONSE = "rl2f_final_response"      # str, the student's last reply (= reward_fns.verl_reward.FINAL_RESPONSE_KEY)
+# Time-outs, each counted on its own (a timeout is never passed off as a wrong answer or a leak):
+EF_VERIFY_TIMEOUTS = "rl2f_verify_timeouts"    # int, replies scored 0 because verification hit a time limit
+EF_VERIFY_QUEUE_TIMEOUTS = "rl2f_verify_queue_timeouts"  # int, replies scored 0: no verifier capacity in time
+EF_VERIFY_QUEUE_S = "rl2f_verify_queue_s"      # float, seconds verifications and leak checks waited for capacity
+EF_LEAK_GUARD_TIMEOUTS = "rl2f_leak_guard_timeouts"  # int, leak checks that timed out (feedback withheld, no leak)
+EF_GUARD_TIMEOUT_TURNS = "rl2f_guard_timeout_turns"  # int, feedback turns that fell back after timeouts only
+EF_TEACHER_TIMEOUTS = "rl2f_teacher_timeouts"  # int, teacher requests that timed out (rl2f.teacher_timeout_s)
+EF_FALLBACKS = "rl2f_fallbacks"                # int, feedback turns that got the safe generic feedback
 REWARD_EXTRA_INFO = "reward_extra_info"        # verl's key: dict of numbers logged in validation

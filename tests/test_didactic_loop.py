@@ -128,7 +128,8 @@ def test_correct_at_turn_1(tok_name):
     assert ef["rl2f_final_response"] == "The sum is 5"
     assert ef[schema.REWARD_EXTRA_INFO] == {"score": 1.0, "acc": 1.0, "acc_turn1": 1.0, "acc_turn2": 1.0, "acc_turn3": 1.0,
                                             "solved_turn": 1.0, "num_student_turns": 1.0, "leaks": 0.0, "leaked_turns": 0.0,
-                                            "teacher_errors": 0.0, "truncated": 0.0}
+                                            "teacher_errors": 0.0, "truncated": 0.0, "verify_timeouts": 0.0,
+                                            "leak_guard_timeouts": 0.0, "teacher_timeouts": 0.0, "fallbacks": 0.0}
     # TokenOutput.extra_fields carried like verl's ToolAgentLoop (v1 tags staleness with these)
     assert ef["min_global_steps"] == 7 and ef["max_global_steps"] == 7
 
