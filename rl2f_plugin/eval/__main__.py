@@ -10,10 +10,17 @@ Evaluate (writes ``OUT`` (JSONL transcripts), ``OUT.md`` (summary table) and ``O
         --student openai:http://127.0.0.1:8000 --model Qwen/Qwen2.5-7B-Instruct --tokenizer /models/qwen7b \\
         --teacher none --concurrency 32 --timeout 120 --retries 3
 
-Compare runs (one table and one plot)::
+Controls (the same model, the same K): the content-free teacher ("Your answer is incorrect. Try again."), and K
+independent single-turn samples per problem (pass@k; no feedback, the same per-answer token budget)::
+
+    python -m rl2f_plugin.eval --data test.parquet --out runs/cf.jsonl --student smollm2 --teacher content_free --max-turns 3
+    python -m rl2f_plugin.eval --data test.parquet --out runs/indep.jsonl --student smollm2 --independent --max-turns 3
+
+Compare runs (one table and one plot; answer changes after feedback; paired differences)::
 
     python -m rl2f_plugin.eval --compare runs/base.jsonl runs/rlvr.jsonl runs/rl2f.jsonl \\
         --labels base RLVR RL2F --table runs/compare.md --plot runs/compare.png
+    python -m rl2f_plugin.eval --compare runs/base.jsonl runs/cf.jsonl runs/indep.jsonl --diff 1:0 2:0
 
 Re-running the same command resumes: finished problems are skipped, errored ones retried.
 """
@@ -65,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's key")
     g.add_argument("--prompt-format", choices=["token_ids", "text"], default="token_ids",
                    help="openai student: send token ids (vLLM/SGLang) or decoded text")
-    g.add_argument("--teacher", help="self | template | openai | execution | none (autodidact); default: recipe's")
+    g.add_argument("--teacher", help="self | template | content_free | openai | execution | none (autodidact); default: recipe's")
     g.add_argument("--agent-loop", help="agent loop name (default rl2f_didactic, or rl2f_autodidact for --teacher none)")
     g.add_argument("--max-turns", type=int, help="K student turns (default: the recipe's rl2f.max_turns)")
     g.add_argument("--recipe", help="recipe YAML to take the rl2f:/rollout settings from (default verl's ppo_trainer)")
@@ -75,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--response-length", type=int, help="rollout.response_length (whole multi-turn response)")
     g.add_argument("--temperature", type=float, help="student temperature (default: rollout.val_kwargs, greedy)")
     g.add_argument("--limit", type=int, help="only the first N rows")
-    g.add_argument("--n-samples", type=int, default=1, help="interactions per problem")
+    g.add_argument("--n-samples", type=int, help="interactions per problem (default 1; with --independent: K)")
+    g.add_argument("--independent", action="store_true",
+                   help="control: independent single-turn samples (no feedback), --n-samples of them per problem at "
+                        "--temperature (default the training rollout's); reported as pass@1..K beside turn 1..K")
     g.add_argument("--concurrency", type=int, default=4, help="problems in flight")
     g.add_argument("--batch-size", type=int, default=8, help="HF student: max requests decoded together (CPU engine rows, or one GPU generate batch)")
     g.add_argument("--max-new-tokens", type=int, help="per-turn cap on student tokens (default: the remaining "
@@ -98,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--diff", nargs="+", metavar="A:B", default=[],
                    help="paired differences B - A between --compare files, by position (0-based); a side may pool "
                         "runs with commas, e.g. 0:1 1,3:2,4 (appended to the table)")
+    c.add_argument("--group", action="append", default=[], metavar="NAME=POSITIONS",
+                   help="also report the answer changes of these --compare files pooled, e.g. 'RL2F=1,3' (repeatable)")
     c.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     c.add_argument("--title", help="plot title")
     return p
@@ -156,23 +168,54 @@ def _parse_diff(spec: str, n: int) -> tuple[list[int], list[int]]:
     return sides[0], sides[1]
 
 
+def _parse_group(spec: str, n: int) -> tuple[str, list[int]]:
+    name, sep, positions = spec.rpartition("=")
+    try:
+        idx = [int(x) for x in positions.split(",")]
+    except ValueError:
+        idx = []
+    if not sep or not name or not idx:
+        raise SystemExit(f"--group {spec!r}: expected NAME=POSITIONS, e.g. 'RL2F=1,3,5'")
+    if any(not 0 <= i < n for i in idx):
+        raise SystemExit(f"--group {spec!r}: positions must be in 0..{n - 1} (the --compare files)")
+    return name, idx
+
+
 def report(paths: list[str], *, labels: list[str] | None, table: str | None, plot: str | None,
            summary_json: str | None, n_boot: int, title: str | None = None, max_turns: int | None = None,
-           diffs: list[str] | None = None) -> str:
-    from .report import format_paired_table, format_table, load_records, paired_difference, plot_cumulative, summarize_file
+           diffs: list[str] | None = None, groups: list[str] | None = None) -> str:
+    """The table of every run (cumulative accuracy by turn, or pass@k for independent samples), the answer changes
+    after feedback (per run, then per `groups`: pooled runs), and the paired differences `diffs`."""
+    from .controls import answer_changes, format_answer_changes
+    from .report import (format_paired_table, format_table, is_independent, load_records, paired_difference,
+                         plot_cumulative, summarize_file)
 
     if labels and len(labels) != len(paths):
         raise SystemExit(f"--labels has {len(labels)} names for {len(paths)} files")
-    summaries = [summarize_file(p, name=(labels[i] if labels else None), n_boot=n_boot, max_turns=max_turns)
+    loaded = [load_records(p) for p in paths]
+    independent = [is_independent(header) for header, _ in loaded]
+    multi_turn_k = [int(h.get("max_turns") or 1) for (h, _), ind in zip(loaded, independent) if not ind]
+    # independent samples are compared at the multi-turn runs' K (pass@K beside turn K)
+    k_independent = max_turns or (max(multi_turn_k) if multi_turn_k else None)
+    summaries = [summarize_file(p, name=(labels[i] if labels else None), n_boot=n_boot,
+                                max_turns=k_independent if independent[i] else max_turns)
                  for i, p in enumerate(paths)]
+    k = max_turns or max(s.max_turns for s in summaries)
     text = format_table(summaries)
+    changes = [answer_changes([loaded[i][1]], name=s.name, max_turns=s.max_turns, n_boot=n_boot)
+               for i, s in enumerate(summaries) if not independent[i] and s.max_turns > 1]
+    for spec in groups or []:
+        name, idx = _parse_group(spec, len(paths))
+        changes.append(answer_changes([loaded[i][1] for i in idx], name=name, max_turns=k, n_boot=n_boot))
+    if changes:
+        text += "\n\n" + format_answer_changes(changes)
     paired = []
     if diffs:
-        runs = [load_records(p)[1] for p in paths]
-        k = max_turns or max(s.max_turns for s in summaries)
         for spec in diffs:
             a, b = _parse_diff(spec, len(paths))
-            paired.append(paired_difference([runs[i] for i in a], [runs[i] for i in b], max_turns=k, n_boot=n_boot,
+            paired.append(paired_difference([loaded[i][1] for i in a], [loaded[i][1] for i in b], max_turns=k,
+                                            n_boot=n_boot, independent_a=[independent[i] for i in a],
+                                            independent_b=[independent[i] for i in b],
                                             name_a=_group_name([summaries[i].name for i in a]),
                                             name_b=_group_name([summaries[i].name for i in b])))
         text += "\n\n" + format_paired_table(paired)
@@ -184,7 +227,8 @@ def report(paths: list[str], *, labels: list[str] | None, table: str | None, plo
         plot_cumulative(summaries, plot, title=title)
     if summary_json:
         with open(summary_json, "w", encoding="utf-8") as f:
-            json.dump([s.as_dict() for s in summaries] + [d.as_dict() for d in paired], f, indent=2)
+            json.dump([s.as_dict() for s in summaries] + [d.as_dict() for d in paired] + [c.as_dict() for c in changes],
+                      f, indent=2)
     return text
 
 
@@ -193,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("RL2F_LOG_LEVEL", "WARNING"))
     if args.compare:
         print(report(args.compare, labels=args.labels, table=args.table, plot=args.plot,
-                     summary_json=args.summary_json, n_boot=args.bootstrap, title=args.title, diffs=args.diff))
+                     summary_json=args.summary_json, n_boot=args.bootstrap, title=args.title, diffs=args.diff,
+                     groups=args.group))
         return 0
     if not args.data or not args.out:
         raise SystemExit("--data and --out are required (or use --compare FILES)")
@@ -206,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.response_length:
         overrides.append(f"actor_rollout_ref.rollout.response_length={args.response_length}")
     cfg = build_trainer_config(args.recipe, overrides, _rl2f_overrides(args.rl2f))
+    n_samples = args.n_samples or ((args.max_turns or int(cfg.rl2f.max_turns)) if args.independent else 1)
     backend, tokenizer, model_type, label = make_student(args)
     settings = EvalSettings(
         data=args.data, out=args.out, name=args.name, agent_loop=args.agent_loop, teacher=args.teacher,
-        max_turns=args.max_turns, limit=args.limit, n_samples=args.n_samples, concurrency=args.concurrency,
+        max_turns=args.max_turns, independent=args.independent, limit=args.limit, n_samples=n_samples,
+        concurrency=args.concurrency,
         problem_timeout=args.problem_timeout, problem_retries=args.problem_retries,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, progress=not args.no_progress, validate_data=not args.no_validate, student_label=label, seed=args.seed,
     )

@@ -25,8 +25,11 @@ import numpy as np
 from .. import metrics
 from ..metrics import TrajectoryRecord, format_metric
 
-__all__ = ["RunSummary", "PairedDifference", "load_records", "trajectory_record", "summarize_run", "bootstrap_ci",
-           "format_table", "paired_difference", "format_paired_table", "plot_cumulative", "summarize_file"]
+#: The run header's ``mode`` of independent single-turn sampling (pass@k), ``python -m rl2f_plugin.eval --independent``.
+INDEPENDENT = "independent"
+
+__all__ = ["INDEPENDENT", "is_independent", "RunSummary", "PairedDifference", "load_records", "trajectory_record", "summarize_run", "bootstrap_ci",
+           "format_table", "per_problem", "paired_difference", "format_paired_table", "plot_cumulative", "summarize_file"]
 
 
 @dataclass
@@ -130,13 +133,28 @@ def _cumulative_accuracy(problems: list[list[TrajectoryRecord]], max_turns: int)
     return metrics.cumulative_accuracy(solved, max_turns, weights=weights)
 
 
+def _pass_at_ks(solved_at_turns: Sequence[int], k: int) -> np.ndarray:
+    """pass@1..k of one problem's independent samples (NaN where k exceeds the samples)."""
+    from .controls import pass_at_k
+
+    c = sum(1 for s in solved_at_turns if s > 0)
+    return np.array([pass_at_k(len(solved_at_turns), c, j) for j in range(1, k + 1)])
+
+
+def _mean_over_units(units: Sequence[np.ndarray]) -> list[float]:
+    return list(np.mean(units, axis=0)) if len(units) else []
+
+
 def _none_if_nan(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
 def summarize_run(records: Iterable[dict[str, Any]], *, name: str = "run", max_turns: int | None = None,
-                  n_boot: int = 2000, seed: int = 0, meta: dict[str, Any] | None = None) -> RunSummary:
-    """The `RunSummary` of one run's final problem records (`load_records`)."""
+                  n_boot: int = 2000, seed: int = 0, meta: dict[str, Any] | None = None,
+                  independent: bool = False) -> RunSummary:
+    """The `RunSummary` of one run's final problem records (`load_records`). `independent`: the records are
+    independent single-turn samples (``--independent``) and the value at turn k is their pass@k
+    (`rl2f_plugin.eval.controls.pass_at_k`), for k up to `max_turns`."""
     records = list(records)
     ok = [r for r in records if r.get("status") == "ok"]
     n_errors = len(records) - len(ok)
@@ -148,9 +166,15 @@ def summarize_run(records: Iterable[dict[str, Any]], *, name: str = "run", max_t
         by_problem.setdefault(r.get("row", r["key"]), []).append(trajectory_record(r))
     problems = list(by_problem.values())
     trajectories = [t for samples in problems for t in samples]
-    cum_acc = functools.partial(_cumulative_accuracy, max_turns=k)
-    cum = cum_acc(problems)
-    ci = bootstrap_ci(problems, cum_acc, n_boot=n_boot, seed=seed)
+    if independent:
+        per_problem = [_pass_at_ks([t.solved_at_turn for t in samples], k) for samples in problems]
+        cum_acc = _mean_over_units
+        cum = cum_acc(per_problem)
+        ci = bootstrap_ci(per_problem, cum_acc, n_boot=n_boot, seed=seed)
+    else:
+        cum_acc = functools.partial(_cumulative_accuracy, max_turns=k)
+        cum = cum_acc(problems)
+        ci = bootstrap_ci(problems, cum_acc, n_boot=n_boot, seed=seed)
     solved = [t.solved_at_turn for t in trajectories]
     return RunSummary(
         name=name, max_turns=k, n_problems=len(problems), n_records=len(ok), n_errors=n_errors,
@@ -170,7 +194,14 @@ def summarize_file(path: str, *, name: str | None = None, max_turns: int | None 
     if name is None:
         name = header.get("name") or os.path.splitext(os.path.basename(path))[0]
     return summarize_run(records, name=name, max_turns=max_turns or header.get("max_turns"), n_boot=n_boot,
-                         seed=seed, meta={"path": path, **{k: header.get(k) for k in ("agent_loop", "teacher", "student", "data")}})
+                         seed=seed, independent=is_independent(header),
+                         meta={"path": path, **{k: header.get(k) for k in ("agent_loop", "teacher", "student", "data",
+                                                                          "mode", "n_samples")}})
+
+
+def is_independent(header: dict[str, Any]) -> bool:
+    """Whether a transcript file holds independent single-turn samples (the harness' ``--independent`` mode)."""
+    return header.get("mode") == INDEPENDENT
 
 
 def format_table(summaries: list[RunSummary]) -> str:
@@ -179,9 +210,11 @@ def format_table(summaries: list[RunSummary]) -> str:
     head = ["run", "n", "errors"] + [f"turn {t}" for t in range(1, k + 1)] + ["leak rate", "turns to solve"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for s in summaries:
-        cells = [s.name, str(s.n_problems), str(s.n_errors)]
+        independent = s.meta.get("mode") == INDEPENDENT
+        label = f"{s.name} (pass@k, {s.meta.get('n_samples')} samples)" if independent else s.name
+        cells = [label, str(s.n_problems), str(s.n_errors)]
         for t in range(k):
-            if t < s.max_turns:
+            if t < s.max_turns and not np.isnan(s.cum_acc[t]):
                 lo, hi = format_metric(s.ci_low[t]), format_metric(s.ci_high[t])
                 cells.append(f"{format_metric(s.cum_acc[t])} [{lo}, {hi}]")
             else:
@@ -193,6 +226,9 @@ def format_table(summaries: list[RunSummary]) -> str:
     lines.append("")
     lines.append("Cumulative accuracy at turn t = share of problems first solved at or before turn t, "
                  "with 95% percentile-bootstrap CIs over problems; errored problems are excluded and counted.")
+    if any(s.meta.get("mode") == INDEPENDENT for s in summaries):
+        lines.append("A pass@k row: k independent single-turn samples (no feedback, the same per-answer token budget), "
+                     "unbiased pass@k from its samples per problem, in the turn-k column.")
     return "\n".join(lines)
 
 
@@ -217,21 +253,27 @@ class PairedDifference:
         return dict(self.__dict__)
 
 
-def _per_problem(records: Iterable[dict[str, Any]], k: int) -> dict[Any, list[float]]:
-    """Problem -> its cumulative accuracy by turn (`metrics.cumulative_accuracy` over its samples)."""
+def per_problem(records: Iterable[dict[str, Any]], k: int, *, independent: bool = False) -> dict[Any, list[float]]:
+    """Problem -> its cumulative accuracy by turn 1..k (`metrics.cumulative_accuracy` over its samples), or for
+    independent samples its pass@1..k."""
     by_problem: "OrderedDict[Any, list[int]]" = OrderedDict()
     for r in records:
         if r.get("status") == "ok":
             by_problem.setdefault(r.get("row", r["key"]), []).append(trajectory_record(r).solved_at_turn)
+    if independent:
+        return {p: list(_pass_at_ks(solved, k)) for p, solved in by_problem.items()}
     return {p: metrics.cumulative_accuracy(solved, k) for p, solved in by_problem.items()}
 
 
 def paired_difference(runs_a: Sequence[Sequence[dict[str, Any]]], runs_b: Sequence[Sequence[dict[str, Any]]], *,
-                      name_a: str, name_b: str, max_turns: int, n_boot: int = 2000, seed: int = 0) -> PairedDifference:
-    """`PairedDifference` of the run group B over the run group A (each a list of runs' final problem records)."""
+                      name_a: str, name_b: str, max_turns: int, n_boot: int = 2000, seed: int = 0,
+                      independent_a: Sequence[bool] | None = None,
+                      independent_b: Sequence[bool] | None = None) -> PairedDifference:
+    """`PairedDifference` of the run group B over the run group A (each a list of runs' final problem records;
+    `independent_a` / `independent_b` flag the runs of independent samples, compared by their pass@k)."""
     k = int(max_turns)
-    per_a = [_per_problem(r, k) for r in runs_a]
-    per_b = [_per_problem(r, k) for r in runs_b]
+    per_a = [per_problem(r, k, independent=bool(i)) for r, i in zip(runs_a, independent_a or [False] * len(runs_a))]
+    per_b = [per_problem(r, k, independent=bool(i)) for r, i in zip(runs_b, independent_b or [False] * len(runs_b))]
     common = [p for p in per_a[0] if all(p in d for d in per_a + per_b)]
 
     def mean_over_runs(runs: list[dict[Any, list[float]]], p: Any) -> np.ndarray:
@@ -257,7 +299,8 @@ def format_paired_table(diffs: list[PairedDifference]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for d in diffs:
         cells = [f"{d.b} - {d.a}", str(d.n_problems)]
-        cells += [f"{d.diff[t]:+.3f} [{d.ci_low[t]:+.3f}, {d.ci_high[t]:+.3f}]" for t in range(d.max_turns)]
+        cells += ["-" if np.isnan(d.diff[t]) else f"{d.diff[t]:+.3f} [{d.ci_low[t]:+.3f}, {d.ci_high[t]:+.3f}]"
+                  for t in range(d.max_turns)]
         cells += ["-"] * (k - d.max_turns)
         cells += [f"{d.better[0]} / {d.worse[0]}", f"{d.better[-1]} / {d.worse[-1]}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -277,9 +320,11 @@ def plot_cumulative(summaries: list[RunSummary], path: str, *, title: str | None
     fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
     for s in summaries:
         turns = np.arange(1, s.max_turns + 1)
-        ax.plot(turns, s.cum_acc, marker="o", label=f"{s.name} (n={s.n_problems})")
-        ax.fill_between(turns, s.ci_low, s.ci_high, alpha=0.18)
-    ax.set_xlabel("turn")
+        independent = s.meta.get("mode") == INDEPENDENT
+        line, = ax.plot(turns, s.cum_acc, marker="s" if independent else "o", linestyle="--" if independent else "-",
+                        label=f"{s.name}{' (pass@k)' if independent else ''} (n={s.n_problems})")
+        ax.fill_between(turns, s.ci_low, s.ci_high, alpha=0.18, color=line.get_color())
+    ax.set_xlabel("turn (pass@k: k samples)" if any(s.meta.get("mode") == INDEPENDENT for s in summaries) else "turn")
     ax.set_ylabel("cumulative accuracy")
     ax.set_xticks(np.arange(1, max(s.max_turns for s in summaries) + 1))
     ax.set_ylim(-0.02, 1.02)

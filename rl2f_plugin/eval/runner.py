@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from .. import schema
 from ..config import RL2FConfig
+from .report import INDEPENDENT
 from .transcript import json_safe, rebuild_turns
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,12 @@ class EvalSettings:
     teacher: str | None = None
     """Sets ``rl2f.teacher.name`` (self | openai | execution | template | none); None keeps the config's."""
     max_turns: int | None = None
-    """K student turns; sets ``rl2f.max_turns`` (None keeps the config's)."""
+    """K student turns; sets ``rl2f.max_turns`` (None keeps the config's). With `independent`: the K that pass@k
+    is reported up to (the loop then runs one turn)."""
+    independent: bool = False
+    """Independent single-turn samples instead of an interaction: the loop runs with K=1 (no feedback), each problem
+    gets `n_samples` answers sampled at `temperature` (default: the training rollout's), and the report gives their
+    pass@1..K (`rl2f_plugin.eval.controls.pass_at_k`) beside a multi-turn run's cumulative accuracy at turn K."""
     limit: int | None = None
     """Evaluate only the first N rows."""
     n_samples: int = 1
@@ -169,7 +175,8 @@ def _prepare_output(path: str, header: dict[str, Any]) -> set[str]:
             f.seek(cut)
             f.truncate()
     old, records = load_records(path)
-    for key in ("data_sha", "agent_loop", "max_turns", "n_samples"):
+    old = {"mode": "interaction", **old}  # files written before independent sampling existed
+    for key in ("data_sha", "agent_loop", "max_turns", "n_samples", "mode"):
         if old.get(key) != header.get(key):
             raise ValueError(
                 f"{path} holds a different run ({key}: {old.get(key)!r} there, {header.get(key)!r} now); "
@@ -266,9 +273,13 @@ class _Harness:
         correct = ef.get(schema.EF_TURN_CORRECT)
         scores = ef.get(schema.EF_TURN_SCORES)
         verified_by = "agent_loop"
+        # each reply verified again with the row's task, as the episode does, for the answer it extracted (what the
+        # answer-change statistics compare); and the verdict itself for a loop that does not verify
+        results = [await self._verify(t["text"], row) for t in student]
+        for t, r in zip(student, results):
+            t["answer"] = r["extracted"]
         if correct is None:  # a loop that does not verify (e.g. verl's single_turn_agent): verify here
             verified_by = "harness"
-            results = [await self._verify(t["text"], row) for t in student]
             correct = [int(r["correct"]) for r in results]
             scores = [float(r["score"]) for r in results]
         correct = [int(bool(c)) for c in json_safe(correct)]
@@ -287,6 +298,10 @@ class _Harness:
         if len(student) != len(correct):
             warnings.append(f"{len(student)} student spans in the response but {len(correct)} verified turns "
                             "(a turn may have been truncated or empty)")
+        disagree = [i + 1 for i, r in enumerate(results) if i < len(correct) and int(r["correct"]) != correct[i]]
+        if disagree:
+            warnings.append(f"turn(s) {disagree}: the loop's verdict differs from the task's verdict on the decoded "
+                            "reply (its recorded answer may not be the one the loop read)")
         fb_turns = tr["num_feedback_spans"]
         for t in tr["turns"]:
             t.pop("start", None)
@@ -316,8 +331,28 @@ class _Harness:
             res = await asyncio.wait_for(loop.run_in_executor(None, task.verify, text, gt, row.get("extra_info") or {}),
                                          timeout=self.s.verify_timeout)
         except asyncio.TimeoutError:
-            return {"correct": False, "score": 0.0, "reason": f"verifier timeout ({self.s.verify_timeout:g}s)"}
-        return {"correct": res.correct, "score": float(res.score), "reason": res.reason}
+            return {"correct": False, "score": 0.0, "reason": f"verifier timeout ({self.s.verify_timeout:g}s)",
+                    "extracted": None}
+        return {"correct": res.correct, "score": float(res.score), "reason": res.reason,
+                "extracted": None if res.extracted is None else str(res.extracted)}
+
+
+def _independent_settings(settings: EvalSettings, cfg, k: int) -> EvalSettings:
+    """`settings` for independent sampling: a temperature > 0 (default the training rollout's) and at least K
+    samples per problem (pass@K needs K)."""
+    from dataclasses import replace
+
+    temperature = settings.temperature
+    if temperature is None:
+        temperature = float(cfg.actor_rollout_ref.rollout.temperature)
+    if temperature <= 0:
+        raise ValueError("independent sampling needs a temperature > 0 (greedy samples of a problem are all the same)")
+    if settings.n_samples < k:
+        raise ValueError(f"independent sampling: {settings.n_samples} sample(s) per problem cannot give pass@{k} "
+                         f"(n_samples must be >= max_turns)")
+    if settings.agent_loop not in (None, DIDACTIC_LOOP):
+        raise ValueError(f"independent sampling runs the {DIDACTIC_LOOP} loop with one turn, not {settings.agent_loop!r}")
+    return replace(settings, temperature=temperature)
 
 
 def _task_name(row: dict[str, Any]) -> str | None:
@@ -344,6 +379,11 @@ async def run_eval_async(settings: EvalSettings, cfg, backend: Any, tokenizer: A
             cfg.rl2f.max_turns = int(settings.max_turns)
         if settings.teacher is not None and settings.teacher.lower() not in ("none", "autodidact"):
             cfg.rl2f.teacher.name = settings.teacher
+    report_turns = int(cfg.rl2f.max_turns)
+    if settings.independent:
+        settings = _independent_settings(settings, cfg, report_turns)
+        with open_dict(cfg):
+            cfg.rl2f.max_turns = 1
     agent_loop = settings.agent_loop or default_agent_loop(settings.teacher)
     _register_config_loops(cfg)
     if agent_loop not in _agent_loop_registry:
@@ -357,8 +397,10 @@ async def run_eval_async(settings: EvalSettings, cfg, backend: Any, tokenizer: A
     header = {
         "record": "run", "name": settings.name or os.path.splitext(os.path.basename(settings.out))[0],
         "data": os.path.abspath(settings.data), "data_sha": _file_digest(settings.data),
-        "agent_loop": agent_loop, "teacher": None if agent_loop == AUTODIDACT_LOOP else cfg.rl2f.teacher.name,
-        "max_turns": int(cfg.rl2f.max_turns), "n_samples": int(settings.n_samples),
+        "agent_loop": agent_loop,
+        "teacher": None if agent_loop == AUTODIDACT_LOOP or settings.independent else cfg.rl2f.teacher.name,
+        "max_turns": report_turns, "n_samples": int(settings.n_samples),
+        "mode": INDEPENDENT if settings.independent else "interaction",
         "student": settings.student_label,
         "sampling_params": {**_sampling_params(cfg, settings.temperature),
                             **({"max_tokens": settings.max_new_tokens} if settings.max_new_tokens else {})},

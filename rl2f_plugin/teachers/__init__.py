@@ -19,6 +19,7 @@ from .base import (
     render_conversation,
 )
 from . import simple, openai_teacher, execution  # noqa: E402,F401  (register the built-in teachers)
+from . import content_free  # noqa: E402,F401  (the attempts-matched control of feedback studies)
 
 __all__ = [
     "TEACHER_REGISTRY", "CompleteFn", "Teacher", "TeacherConfig", "TeacherContext", "TeacherError",

