@@ -81,7 +81,7 @@ def main() -> int:
         watchdog.daemon = True
         watchdog.start()
         try:
-            engine.engine_core.shutdown()
+            engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S / 2)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

