@@ -143,9 +143,12 @@ def check_platform_options(config: Any) -> None:
     if str(_get(config, "actor_rollout_ref.model.override_config.attn_implementation", "") or "") == "":
         raise PreflightError("on VERL_PLATFORM=cpu verl would default to flash_attention_2: set "
                              "+actor_rollout_ref.model.override_config.attn_implementation=sdpa")
-    if bool(_get(config, "actor_rollout_ref.model.use_remove_padding", False)):
-        raise PreflightError("actor_rollout_ref.model.use_remove_padding=true needs flash-attn varlen kernels: on "
-                             "VERL_PLATFORM=cpu set actor_rollout_ref.model.use_remove_padding=false")
+    attn = str(_get(config, "actor_rollout_ref.model.override_config.attn_implementation", "") or "")
+    if bool(_get(config, "actor_rollout_ref.model.use_remove_padding", False)) and attn != "rl2f_packed_sdpa":
+        raise PreflightError(f"actor_rollout_ref.model.use_remove_padding=true with attn_implementation={attn} attends "
+                             "over the whole packed micro-batch on CPU (no flash-attn varlen): set "
+                             "actor_rollout_ref.model.override_config.attn_implementation=rl2f_packed_sdpa "
+                             "(or actor_rollout_ref.model.use_remove_padding=false)")
     for key in ("actor_rollout_ref.actor.strategy", "actor_rollout_ref.actor.fsdp_config.strategy",
                 "actor_rollout_ref.ref.fsdp_config.strategy"):
         strategy = str(_get(config, key, "") or "")

@@ -19,6 +19,9 @@ first calls `require_verl_version`, which raises on any verl other than the one 
 * ``fsdp_engines_on_cpu`` (no patch, public API): verl registers ``FSDPEngineWithLMHead`` /
   ``FSDPEngineWithValueHead`` for devices cuda and npu only; once ``verl.workers.engine.fsdp.transformer_impl``
   is imported, they are also registered for device ``cpu`` through ``EngineRegistry.register``.
+* ``packed_attention`` (no patch, transformers' public ``AttentionInterface``): when verl's FSDP engine module is
+  imported, ``attn_implementation=rl2f_packed_sdpa`` is registered with transformers (`rl2f_plugin.cpu.
+  packed_attention`: attention over the packed rows of verl's remove-padding path without flash-attn).
 """
 
 from __future__ import annotations
@@ -173,6 +176,16 @@ def register_fsdp_engines_on_cpu(transformer_impl_module) -> None:
     APPLIED[name] = True
 
 
+def register_packed_attention(transformer_impl_module) -> None:
+    """See module docstring: ``packed_attention``."""
+    name = "packed_attention"
+    require_verl_version(name)
+    from . import packed_attention
+
+    packed_attention.register()
+    APPLIED[name] = True
+
+
 def patch_preflight_before_ray(device_module) -> None:
     """See module docstring: ``preflight_before_ray``."""
 
@@ -194,6 +207,7 @@ PATCHES: dict[str, tuple[str, Callable]] = {
     "preflight_before_ray": ("verl.utils.device", patch_preflight_before_ray),
     "gloo_default_backend": ("verl.utils.distributed", patch_gloo_default_backend),
     "fsdp_engines_on_cpu": ("verl.workers.engine.fsdp.transformer_impl", register_fsdp_engines_on_cpu),
+    "packed_attention": ("verl.workers.engine.fsdp.transformer_impl", register_packed_attention),
 }
 
 
