@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import random
 
 import pytest
@@ -16,7 +17,7 @@ from tokenizers import pre_tokenizers
 from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, QwenContinuousTokenBuilder
 from verl.utils.tokenizer.tokenizer import normalize_token_ids
 
-from rl2f_plugin.agent_loops import prompt_tokens
+from rl2f_plugin.agent_loops import chat_template, didactic, prompt_tokens
 from rl2f_plugin.agent_loops.prompt_tokens import AuxPromptTokenizer
 from rl2f_plugin.agent_loops.testing import ScriptedServer, make_loop, qwen_style_tokenizer, smollm2_dir, smollm2_tokenizer, trainer_config
 from rl2f_plugin.prompts import render_prompt
@@ -82,26 +83,24 @@ def test_arbitrary_texts_with_cut_markers_stay_exact(tok_name):
 
 
 @pytest.mark.parametrize("tok_name", TOKENIZERS)
-def test_framed_user_turn_equals_the_builders_incremental_tokens(tok_name):
-    from rl2f_plugin.agent_loops.chat_template import user_turn_frame
-
+def test_framed_user_turn_equals_the_rendered_user_turn(tok_name):
+    """`TurnFormat.user_turn`'s fast path (header + tokens(text) + trailer) equals the template's own render of the
+    user turn after an assistant turn; texts with surrounding whitespace always take the render."""
     tok, builder_cls = _tok(tok_name)
-    builder = builder_cls(tok)
-    aux = AuxPromptTokenizer(builder)
-    frame = user_turn_frame(builder)
-    assert frame is not None
+    fmt = chat_template.turn_format(builder_cls(tok))
+    assert fmt is not None and fmt.head is not None
+    slow = dataclasses.replace(fmt, head=None)
     rng = random.Random(7)
-    prev = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "4"}]
-    done = 0
+    fast = 0
     for _ in range(200):
         text = _random_text(rng)
-        got = aux.user_turn_ids(text, frame)
-        if text[0].isspace():
-            assert got is None  # leading whitespace may merge with the header's newline: left to the builder
-            continue
-        assert got == builder.tokenize_context_incremental_messages(prev, prev + [{"role": "user", "content": text}]), repr(text)
-        done += 1
-    assert done > 100
+        got, span = fmt.user_turn(text)
+        want, want_span = slow.user_turn(text)
+        assert got == want, repr(text)
+        if text == text.strip():
+            fast += 1
+            assert span == want_span, repr(text)
+    assert fast > 50
 
 
 def test_pieces_are_reused_within_a_trajectory():
@@ -165,12 +164,14 @@ def test_loop_sends_identical_teacher_prompts_with_and_without_the_fast_path(tok
 
     fast_out, fast_server = once()
     monkeypatch.setattr(AuxPromptTokenizer, "prompt_ids", lambda self, messages: None)
-    monkeypatch.setattr(AuxPromptTokenizer, "user_turn_ids", lambda self, text, frame: None)  # verl's ct_merge_context_msg
+    whole = chat_template.turn_format
+    monkeypatch.setattr(didactic, "turn_format", lambda b: dataclasses.replace(whole(b), head=None))  # rendered user turns
     slow_out, slow_server = once()
     assert len(fast_server.calls) == len(slow_server.calls) == 7
     for a, b in zip(fast_server.calls, slow_server.calls):
         assert (a["kind"], a["prompt_ids"], a["sampling_params"]) == (b["kind"], b["prompt_ids"], b["sampling_params"])
     for field in ("prompt_ids", "response_ids", "response_mask", "feedback_mask", "response_logprobs", "num_turns"):
         assert getattr(fast_out, field) == getattr(slow_out, field), field
-    strip = lambda ef: {k: v for k, v in ef.items() if k != "rl2f_teacher_latency_s"}  # noqa: E731 - wall time differs
+    wall_times = ("rl2f_teacher_latency_s", "rl2f_verify_queue_s")
+    strip = lambda ef: {k: v for k, v in ef.items() if k not in wall_times}  # noqa: E731 - wall times differ
     assert strip(fast_out.extra_fields) == strip(slow_out.extra_fields)

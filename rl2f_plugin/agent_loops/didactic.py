@@ -22,23 +22,25 @@ from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, register
 from verl.utils.profiler import simple_timer
-from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder, QwenContinuousTokenBuilder
+from verl.utils.tokenizer.continuous_token import MergeResult
 from verl.workers.rollout.replica import TokenOutput
 
 from ..config import RL2FConfig
 from ..episode import DidacticEpisode, EpisodeRecord
 from ..teachers import Teacher, TeacherError, build_teacher
-from .chat_template import SameWarningOnce, assistant_close_ids, content_span, renders_chatml, user_turn_frame
+from .chat_template import THINK_CLOSE, SameWarningOnce, aux_prompt_format, content_span, turn_format, unfinished_thought
 from .output import RL2FAgentLoopOutput
 from .prompt_tokens import AuxPromptTokenizer
+from .server_calls import generate_abortable
 
 logger = logging.getLogger(__name__)
 logging.getLogger("verl.utils.tokenizer.continuous_token_wiring").addFilter(SameWarningOnce())
 
 #: Same as verl's ToolAgentLoop: keys of TokenOutput.extra_fields that add up over calls.
 _SUMMED_EXTRA_KEYS = ("spec_num_draft_tokens", "spec_num_accepted_tokens", "spec_num_verify_steps")
-#: Request-id prefix of the policy's auxiliary calls (self teacher, autodidact critic, leak judge); student turns
-#: use one bare uuid per trajectory (sticky session), so servers and logs can tell the two apart.
+#: Request-id prefix of the policy's auxiliary calls (self teacher, autodidact critic, leak judge): they use
+#: "<prefix><trajectory uuid>", student turns the bare uuid (two sticky sessions per trajectory), so servers and logs
+#: can tell the two apart.
 TEACHER_REQUEST_PREFIX = "rl2f-aux-"
 
 
@@ -66,17 +68,10 @@ class DidacticAgentLoop(AgentLoopBase):
         base_kwargs = {k: kwargs.pop(k) for k in base_keys if k in kwargs}
         kwargs.pop("name", None)  # an agent_loop_config_path YAML entry passes its own name through hydra
         super().__init__(*args, **base_kwargs)
-        if type(self.continuous_token_builder) is ContinuousTokenBuilder and renders_chatml(self.tokenizer):
-            # verl picks builders by model_type; ChatML models under other types (SmolLM2 is "llama") get the
-            # default builder, which drops the "\n" the template puts after a generated <|im_end|>. verl's
-            # ChatML boundary handling is the Qwen builder's: use it when the template really is ChatML.
-            self.continuous_token_builder = QwenContinuousTokenBuilder(
-                self.tokenizer, chat_template_kwargs=self.apply_chat_template_kwargs)
         self.rl2f = RL2FConfig.from_trainer_config(self.config, kwargs)
         self.response_length = int(self.rollout_config.response_length)
         self.max_turns = self.rl2f.max_turns
         self._request_id = uuid4().hex
-        self._aux_calls = 0
         self._aux_tokens: AuxPromptTokenizer | None = None
 
     def make_teacher(self) -> Teacher:
@@ -88,8 +83,9 @@ class DidacticAgentLoop(AgentLoopBase):
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> RL2FAgentLoopOutput:
         episode = DidacticEpisode.from_sample(kwargs, self.rl2f, teacher=self.make_teacher(),
                                               leak_guard=self.uses_leak_guard)
-        self._request_id, self._aux_calls = uuid4().hex, 0  # one sticky session per trajectory
-        self._aux_tokens = AuxPromptTokenizer(self.continuous_token_builder)  # piece cache for this trajectory
+        self._request_id = uuid4().hex  # one sticky session per trajectory
+        aux_builder = aux_prompt_format(self.continuous_token_builder, thinking=self.rl2f.teacher.thinking).builder
+        self._aux_tokens = AuxPromptTokenizer(aux_builder)  # piece cache for this trajectory
         metrics: dict[str, Any] = {}
         extra_fields: dict[str, Any] = {}
         traj = _Trajectory(await self.ct_build_initial_tokens(episode.messages))
@@ -167,7 +163,8 @@ class DidacticAgentLoop(AgentLoopBase):
         """If the student's reply stopped without the template's end-of-turn token (a server-side token cap or
         stop string), append that token (mask 0: the model did not generate it) so the next turn is framed as
         the chat template frames it."""
-        close = assistant_close_ids(self.continuous_token_builder)
+        fmt = turn_format(self.continuous_token_builder)
+        close = list(fmt.close) if fmt is not None else []
         if not close or traj.runtime_ids[-len(close):] == close:
             return
         traj.runtime_ids = traj.runtime_ids + close
@@ -179,26 +176,25 @@ class DidacticAgentLoop(AgentLoopBase):
     async def _append_feedback(self, traj: _Trajectory, messages: list[dict], text: str) -> bool:
         """Append `text` as a user turn after the conversation `messages` (mask 0, feedback_mask 1 on its
         content). False if it does not leave room for at least one more student token (then nothing is appended)."""
-        previous = list(messages)
-        updated = previous + [{"role": "user", "content": text}]
         builder = self.continuous_token_builder
-        appended_ids = self._aux_tokens.user_turn_ids(text, user_turn_frame(builder)) if self._aux_tokens else None
-        if appended_ids is not None:
-            # What ct_merge_context_msg computes (same builder hook for the junction, same metadata alignment),
-            # with the user turn tokenised once instead of two chat-template renders in a worker thread.
-            merge = builder._merge_context_token_ids(traj.runtime_ids, appended_ids, previous_messages=previous,
-                                                     appended_messages=updated[len(previous):])
+        fmt = turn_format(builder)
+        if fmt is not None:
+            # The user turn as the chat template renders it after an assistant turn (rl2f_plugin.agent_loops.
+            # chat_template: also for templates that require strict user/assistant alternation).
+            appended, (start, end) = fmt.user_turn(text)
+            merge = MergeResult(token_ids=traj.runtime_ids + appended, appended_token_count=len(appended), kind="context")
             mask, logprobs = builder.align_response_metadata(merge, traj.response_mask, traj.logprobs if traj.logprobs else None)
-        else:
+        else:  # verl's model-specific builders (GLM, Gemma-4, GPT-OSS, ...) merge with their own boundary rules
+            previous = list(messages)
             merge, mask, logprobs = await self.ct_merge_context_msg(
-                previous, updated, traj.runtime_ids, traj.response_mask, traj.logprobs if traj.logprobs else None)
+                previous, previous + [{"role": "user", "content": text}], traj.runtime_ids, traj.response_mask,
+                traj.logprobs if traj.logprobs else None)
+            appended = merge.token_ids[len(merge.token_ids) - merge.appended_token_count:] if merge.appended_token_count else []
+            start, end = content_span(self.tokenizer, appended, text)
         if len(mask) >= self.response_length:
             return False
-        appended = merge.token_ids[len(merge.token_ids) - merge.appended_token_count:] if merge.appended_token_count else []
-        start, end = content_span(builder, appended, text)
         self._apply_merge(traj, merge, mask, logprobs)
-        n_app = len(appended)
-        base = len(traj.feedback_mask) - n_app
+        base = len(traj.feedback_mask) - merge.appended_token_count
         for i in range(start, end):
             traj.feedback_mask[base + i] = 1
         return True
@@ -215,25 +211,39 @@ class DidacticAgentLoop(AgentLoopBase):
 
     async def policy_complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str:
         """A plain completion by the policy through the same generation server (used by the `self` teacher,
-        the autodidact critic and the leak judge)."""
+        the autodidact critic and the leak judge). On a thinking model the prompt is rendered with thinking off
+        unless ``rl2f.teacher.thinking`` (`aux_prompt_format`); a reply that stops inside an unfinished think block
+        is continued once after the block is closed (``max_tokens`` more), so the caller gets an answer."""
+        fmt = aux_prompt_format(self.continuous_token_builder, thinking=self.rl2f.teacher.thinking)
         # Incremental: only text not seen in this trajectory's earlier aux prompts is tokenised, on the event loop
         # (cheaper than a thread round trip); exactly the builder's ids (rl2f_plugin.agent_loops.prompt_tokens).
         aux = self._aux_tokens
-        prompt_ids = aux.prompt_ids(messages) if aux is not None else None
+        prompt_ids = aux.prompt_ids(messages) if aux is not None and aux.builder is fmt.builder else None
         if prompt_ids is None:
-            prompt_ids = await self.loop.run_in_executor(None, lambda: self.continuous_token_builder.build_initial_tokens(messages))
+            prompt_ids = await self.loop.run_in_executor(None, lambda: fmt.builder.build_initial_tokens(messages))
         params = {"temperature": float(temperature), "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
                   "logprobs": False, "max_tokens": int(max_tokens)}
-        self._aux_calls += 1
+        reply_ids = await self._aux_generate(prompt_ids, params)
+        reply = self.tokenizer.decode(reply_ids, skip_special_tokens=True)
+        if len(reply_ids) >= max_tokens and unfinished_thought(reply, opened=fmt.opens_thought):
+            close_ids = self.tokenizer.encode(THINK_CLOSE, add_special_tokens=False)
+            answer_ids = await self._aux_generate(prompt_ids + reply_ids + close_ids, params)
+            reply = self.tokenizer.decode(reply_ids + close_ids + answer_ids, skip_special_tokens=True)
+        return reply
+
+    async def _aux_generate(self, prompt_ids: list[int], params: dict[str, Any]) -> list[int]:
+        """One auxiliary generate call. All aux calls of a trajectory share one routing id (one sticky session: the
+        same replica, whose prefix cache holds the trajectory's earlier teacher prompts; one entry in verl's
+        load-balancer cache per trajectory, not one per call); a cancelled call is aborted on the server."""
         try:
-            out = await self.server_manager.generate(request_id=f"{TEACHER_REQUEST_PREFIX}{self._request_id}-{self._aux_calls}",
-                                                      prompt_ids=prompt_ids, sampling_params=params)
+            out = await generate_abortable(self.server_manager, f"{TEACHER_REQUEST_PREFIX}{self._request_id}",
+                                           list(prompt_ids), dict(params))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed auxiliary call is a teacher failure: rl2f.on_teacher_error decides
             raise TeacherError(f"policy server failed on an auxiliary call ({len(prompt_ids)} prompt tokens): "
                                f"{type(exc).__name__}: {exc}") from exc
-        return self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        return list(out.token_ids)
 
 
 @register("rl2f_autodidact")

@@ -53,7 +53,7 @@ _PER_TOKENIZER: "weakref.WeakKeyDictionary[Any, dict[str, dict]]" = weakref.Weak
 def _state(tokenizer: Any) -> dict[str, dict]:
     st = _PER_TOKENIZER.get(tokenizer)
     if st is None:
-        st = _PER_TOKENIZER[tokenizer] = {"heads": {}, "verdicts": {}, "frame_verdicts": {}}
+        st = _PER_TOKENIZER[tokenizer] = {"heads": {}, "verdicts": {}}
     return st
 
 _CALIBRATION_TEXTS = [
@@ -158,39 +158,6 @@ class AuxPromptTokenizer:
                 self._pieces[piece] = got
             ids.extend(got)
         return ids
-
-    def user_turn_ids(self, text: str, frame: tuple[list[int], list[int]] | None) -> list[int] | None:
-        """``builder.tokenize_context_incremental_messages(prev, prev + [user text])`` as ``head + ids(text) +
-        tail``, where `frame` = (head, tail) is the builder's constant framing of a user turn (e.g.
-        ``<|im_start|>user\n`` and ``<|im_end|>\n<|im_start|>assistant\n``). Exact when the text starts with a
-        non-space character (the cut "\n|text" is a chunk boundary for the pre-tokenizers above; checked per
-        tokenizer against the builder by `_frame_ok`). None when that does not hold: use the builder."""
-        if not self.enabled or frame is None or not text or text[0].isspace() or not self._frame_ok(frame):
-            return None
-        return frame[0] + self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids + frame[1]
-
-    def _frame_ok(self, frame: tuple[list[int], list[int]]) -> bool:
-        b = self.builder
-        key = (type(b), getattr(self.tokenizer, "chat_template", None), repr(sorted(b.chat_template_kwargs.items())),
-               tuple(frame[0]), tuple(frame[1]))
-        verdict = self._shared["frame_verdicts"].get(key)
-        if verdict is None:
-            verdict = True
-            encode = self.tokenizer.backend_tokenizer.encode
-            for text in _CALIBRATION_TEXTS + [t.strip() + " " for t in _CALIBRATION_TEXTS]:
-                text = text.lstrip()
-                try:
-                    ref = b.tokenize_context_incremental_messages([], [{"role": "user", "content": text}])
-                except Exception:  # noqa: BLE001
-                    verdict = False
-                    break
-                if ref != frame[0] + encode(text, add_special_tokens=False).ids + frame[1]:
-                    verdict = False
-                    break
-            if not verdict:
-                logger.info("rl2f: framed user-turn tokenisation disabled for this tokenizer/template")
-            self._shared["frame_verdicts"][key] = verdict
-        return verdict
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int] | None:
         """``builder.build_initial_tokens(messages)`` (text messages, no tools), or None when the fast path is off."""

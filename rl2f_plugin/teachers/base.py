@@ -85,7 +85,7 @@ def build_teacher(config: TeacherConfig | Mapping[str, Any], *, policy_complete:
 
 @dataclass
 class TeacherConfig:
-    """``rl2f.teacher``: which teacher writes the feedback and how. Keys other than the four below are sub-sections
+    """``rl2f.teacher``: which teacher writes the feedback and how. Keys other than the five below are sub-sections
     named after a teacher (``openai:``, ``execution:``, ``template:``) holding that teacher's options; they are
     checked against the teacher's ``Options`` dataclass by `options_for`, which `RL2FConfig` calls for the chosen
     teacher at construction."""
@@ -96,6 +96,10 @@ class TeacherConfig:
     max_tokens: int = 256
     temperature: float = 0.7
     prompt_version: str = "v1"      # prompts/<name>_<version>.txt
+    thinking: bool = False          # may the policy think (<think> block) when it gives feedback, critiques or judges?
+    """With a thinking model (e.g. a Qwen3-style template) as its own teacher: false renders those prompts with
+    the template's thinking switch off (``enable_thinking=False``) when it has one. Either way, a reply that hits
+    ``max_tokens`` inside an unfinished think block gets the block closed and ``max_tokens`` more to answer."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Teacher sub-sections by teacher name (raw; see `options_for`)."""
 
@@ -123,14 +127,14 @@ class TeacherConfig:
             try:
                 get_teacher_class(key)
             except UnknownTeacherError:
-                known = ["name", "max_tokens", "temperature", "prompt_version"]
+                known = ["name", "max_tokens", "temperature", "prompt_version", "thinking"]
                 raise ConfigError(f"rl2f.teacher.{key}: unknown key; known keys: {', '.join(known)}, or the options "
                                   f"section of a registered teacher ({', '.join(sorted(TEACHER_REGISTRY))})") from None
             self.options_for(key)
         self.options_for(self.name)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("name", "max_tokens", "temperature", "prompt_version")}
+        out = {k: getattr(self, k) for k in ("name", "max_tokens", "temperature", "prompt_version", "thinking")}
         out.update(self.extra)
         return out
 
@@ -202,8 +206,11 @@ _THINK = re.compile(r"<think>.*?</think>", re.S)
 
 
 def clean_feedback(text: str, *, who: str) -> str:
-    """Strip reasoning blocks and whitespace; an empty result is a `TeacherError`."""
+    """Strip reasoning blocks and whitespace; an empty result is a `TeacherError`. A ``</think>`` with no opening
+    tag ends reasoning the generation prompt opened (DeepSeek-R1/QwQ-style templates): only what follows is kept."""
     text = _THINK.sub("", text or "")
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
     if "<think>" in text:  # unterminated reasoning: the answer never came
         text = text.split("<think>", 1)[0]
     text = text.strip()
