@@ -73,7 +73,8 @@ class RL2FConfig:
     verify_queue_timeout_s: float = DEFAULT_VERIFY_QUEUE_TIMEOUT_S  # limit on waiting for verifier capacity
     verify_workers: int = 0             # verifier processes per agent-loop worker; 0 = auto (the node's usable CPUs
                                         # / agent-loop workers on the node, at most 8; RL2F_VERIFY_WORKERS if set)
-    teacher_timeout_s: float = 120.0    # per feedback request (all retries of one attempt included)
+    teacher_timeout_s: float = 120.0    # per feedback request (all retries of one attempt included); time the
+                                        # teacher spends generating on the policy's own server is not counted
     on_teacher_error: str = "fallback"  # fallback (safe generic feedback, counted) | stop (end the episode) | raise
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     leak_guard: LeakGuardConfig = field(default_factory=LeakGuardConfig)

@@ -17,6 +17,12 @@ A step takes the student's reply and
    becomes the next user turn when the next reply is stepped. A leak check that times out withholds the
    feedback like a leak but is counted as a leak-guard timeout, not a leak. A failing teacher is handled by
    ``rl2f.on_teacher_error`` (fallback feedback, stop, or raise); a teacher timeout is counted as such.
+   ``rl2f.teacher_timeout_s`` bounds the teacher's own time (an external endpoint, its own work), not the time
+   it spends generating on the policy's own server (`self`, the autodidact critic, a ``rewrite_with: self``):
+   that generation waits in the same server queue as the student's turns, and in ``rl2f_colocate_async`` is
+   paused across a weight update by design (verl's ``FullyAsyncLLMServerClient`` resumes it), so it is bounded
+   like the student's own turns, by ``max_tokens`` on verl's server, not by a wall clock that would turn server
+   load or a training step into generic fallback feedback.
 
 The episode knows no tokens; the verl agent loops (`rl2f_plugin.agent_loops.didactic`) turn it into token ids and
 masks, and may end it early with `end(truncated=True)` when the response budget runs out. Its `EpisodeRecord`
@@ -232,6 +238,8 @@ class DidacticEpisode:
                                 queue_timeout_s=config.verify_queue_timeout_s) if leak_guard and lg.enable else None)
         self.record = EpisodeRecord(task=task.name, max_turns=config.max_turns)
         self.done = False
+        self._policy_clock = _PolicyClock()
+        _track_policy_time(teacher, self._policy_clock)
         configure_pool(size=config.verify_workers, queue_timeout=config.verify_queue_timeout_s)
 
     @classmethod
@@ -314,6 +322,26 @@ class DidacticEpisode:
         return TurnRecord(reply=reply, verdict=verdict, verify_timed_out=timed_out,
                           verify_queue_timed_out=queue_timed_out, verify_queue_s=account.queued_s())
 
+    async def _bounded_teacher(self, coro, timeout: float):
+        """Await the teacher's `coro`, cancelling it (`asyncio.TimeoutError`) once it has spent more than `timeout`
+        seconds outside generation on the policy's own server (see the module docstring)."""
+        task = asyncio.ensure_future(coro)
+        start, policy0 = time.monotonic(), self._policy_clock.seconds()
+        try:
+            while True:
+                own = time.monotonic() - start - (self._policy_clock.seconds() - policy0)
+                if own >= timeout:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise asyncio.TimeoutError(f"teacher timed out after {timeout:g}s (time generating on the "
+                                               f"policy's server not counted)")
+                done, _ = await asyncio.wait({task}, timeout=max(timeout - own, 0.01))
+                if done:
+                    return task.result()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
     def safe_feedback(self) -> str:
         return render_prompt("safe_feedback", self.config.teacher.prompt_version)
 
@@ -326,7 +354,7 @@ class DidacticEpisode:
         for attempt in range(self.config.leak_guard.max_regenerations + 1):
             ctx.attempt = attempt
             try:
-                text = await asyncio.wait_for(self.teacher.feedback(ctx), timeout=timeout)
+                text = await self._bounded_teacher(self.teacher.feedback(ctx), timeout)
             except (TeacherError, asyncio.TimeoutError) as exc:
                 turn.teacher_timed_out = isinstance(exc, asyncio.TimeoutError)
                 turn.teacher_error = str(exc) or f"teacher timed out after {timeout:g}s"
@@ -353,6 +381,44 @@ class DidacticEpisode:
             logger.info("rl2f leak guard: feedback at turn %d attempt %d leaked (%s)", ctx.turn, attempt,
                         ", ".join(report.reasons))
         turn.feedback, turn.fell_back = self.safe_feedback(), True
+
+
+class _PolicyClock:
+    """Seconds a teacher has spent in generation calls on the policy's own server (calls in progress included)."""
+
+    def __init__(self):
+        self._done, self._active, self._since = 0.0, 0, 0.0
+
+    def enter(self) -> None:
+        if self._active == 0:
+            self._since = time.monotonic()
+        self._active += 1
+
+    def exit(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._done += time.monotonic() - self._since
+
+    def seconds(self) -> float:
+        return self._done + (time.monotonic() - self._since if self._active else 0.0)
+
+
+def _track_policy_time(teacher: Teacher, clock: _PolicyClock) -> None:
+    """Route the policy completions of `teacher` (and of teachers it holds, e.g. the execution teacher's
+    rewriter) through `clock`."""
+    for t in (teacher, *(v for v in vars(teacher).values() if isinstance(v, Teacher))):
+        inner = t.policy_complete
+        if inner is None:
+            continue
+
+        async def timed(messages, max_tokens, temperature, _inner=inner):
+            clock.enter()
+            try:
+                return await _inner(messages, max_tokens, temperature)
+            finally:
+                clock.exit()
+
+        t.policy_complete = timed
 
 
 def problem_text(extra_info: Mapping[str, Any], messages: list[dict[str, Any]]) -> str:
