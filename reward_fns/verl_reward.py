@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from .common import DEFAULT_LIMITS, set_limits, trim
+from .worker_pool import accounting
 
 __all__ = ["compute_score", "FINAL_RESPONSE_KEY", "SCORE_KEYS"]
 
@@ -29,7 +30,7 @@ FINAL_RESPONSE_KEY = "rl2f_final_response"
 #: Every result of `compute_score` has exactly these keys (verl asserts that each reward_extra_info key
 #: has one value per sample, so a mixed-task batch must not have task-dependent keys). Numbers are logged
 #: by verl (``val-aux/<source>/<key>/mean@N``); strings are kept in dumps; ``pred`` feeds verl's maj@N.
-SCORE_KEYS = ("score", "acc", "pred", "reason", "task", "tests_passed", "tests_total")
+SCORE_KEYS = ("score", "acc", "pred", "reason", "task", "tests_passed", "tests_total", "timeout")
 
 _MAX_TEXT = 200
 
@@ -44,8 +45,11 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     * The text scored is ``extra_info["rl2f_final_response"]`` when the rl2f loop put it there, else
       `solution_str` (whose *last* answer the task's extractor picks).
     * Returns a dict with the keys `SCORE_KEYS`: ``score`` in [0, 1], ``acc`` (1.0 if correct),
-      ``pred`` (the extracted answer, trimmed), ``reason`` (short), ``task``, and for code
-      ``tests_passed``/``tests_total`` (None for other tasks; verl skips None in its metrics).
+      ``pred`` (the extracted answer, trimmed), ``reason`` (short), ``task``, for code
+      ``tests_passed``/``tests_total`` (None for other tasks; verl skips None in its metrics), and
+      ``timeout``: 1.0 when the score of 0 came from a time limit (a verifier job's limit, no free verifier
+      worker within its queue bound, a sandboxed program's wall clock) rather than from a judged answer,
+      so verl logs time-outs apart from wrong answers (``val-aux/<source>/timeout/mean@N``).
     Keyword arguments named like a verifier limit (``math_timeout`` ...) set that limit for the process;
     verl's own extra kwargs (``reward_router_address`` ...) are ignored.
     """
@@ -68,7 +72,8 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
     final = extra_info.get(FINAL_RESPONSE_KEY)
     response = final if isinstance(final, str) and final.strip() else (solution_str or "")
     try:
-        result = task.verify(response, ground_truth, extra_info)
+        with accounting() as account:
+            result = task.verify(response, ground_truth, extra_info)
     except (ValueError, TypeError, KeyError) as exc:  # bad ground truth: a data problem, say where
         raise ValueError(f"compute_score: task {task_name!r} could not use reward_model.ground_truth ({where}): "
                          f"{type(exc).__name__}: {exc}") from exc
@@ -85,4 +90,6 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
         "task": task_name,
         "tests_passed": _int_or_none(details.get("tests_passed")) if "tests_total" in details else None,
         "tests_total": _int_or_none(details.get("tests_total")) if "tests_total" in details else None,
+        "timeout": 1.0 if not result.correct and (account.job_timeouts or account.queue_timeouts
+                                                  or details.get("status") == "timeout") else 0.0,
     }

@@ -130,6 +130,19 @@ def account_wait():
         account.end_wait()
 
 
+@contextlib.contextmanager
+def accounting():
+    """Record on a new `VerifyAccount` the pool waits and time-outs of the calls made in this block (this thread;
+    what verl's ``compute_score`` path uses to say that a score of 0 came from a time limit)."""
+    account = VerifyAccount()
+    account.end_wait()
+    token = _ACCOUNT.set(account)
+    try:
+        yield account
+    finally:
+        _ACCOUNT.reset(token)
+
+
 class ExecutionTimeout(Exception):
     """`run_bounded`: the verification executed longer than its limit (queueing excluded)."""
 

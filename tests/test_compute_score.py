@@ -140,3 +140,16 @@ def test_result_values_are_short():
     out = compute_score("x", "Answer: " + "7" * 5000, "3", {"task": "exact"})
     assert out["score"] == 0.0 and len(out["pred"]) <= 200 and len(out["reason"]) <= 200
     assert set(out) == set(SCORE_KEYS)
+
+
+def test_a_score_of_0_from_a_time_limit_says_timeout(monkeypatch):
+    """Before: a maths check cut by its time limit was a plain 0 (verl logged it as a wrong answer)."""
+    from reward_fns import common
+
+    monkeypatch.setattr(common, "_OVERRIDES", {})
+    gold, pred = "\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"  # equal, but only math-verify/sympy can tell
+    assert compute_score("math", f"\\boxed{{{pred}}}", gold) == {**compute_score("math", f"\\boxed{{{pred}}}", gold),
+                                                                  "score": 1.0, "timeout": 0.0}
+    out = compute_score("math", f"\\boxed{{{pred}}}", gold, math_timeout=0.002)  # far below any parse
+    assert out["score"] == 0.0 and out["timeout"] == 1.0 and out["reason"].startswith("timeout")
+    assert compute_score("math", "\\boxed{0.5}", "3/4")["timeout"] == 0.0  # a judged wrong answer
