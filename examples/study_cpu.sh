@@ -34,7 +34,8 @@
 # STEPS (policy updates per run, default 16 = one epoch of the 128 problems at 8 per step), SAVE_FREQ (default 4),
 # CONTROLS (default "informative content_free independent autodidact"), AUTODIDACT_ARMS (default rl2f_wm_cpu),
 # EVAL_TURNS (K, default 3), EVAL_MAX_NEW_TOKENS (per student turn, default 48), EVAL_LIMIT (first N held-out rows),
-# INDEPENDENT_SAMPLES (per problem, default K), OUT (default ./outputs/study_cpu), RL2F_CACHE, PYTHON,
+# INDEPENDENT_SAMPLES (per problem, default K), EVAL_THREADS (torch threads of an evaluation; 1 is faster on a machine
+# crowded with other jobs), OUT (default ./outputs/study_cpu), RL2F_CACHE, PYTHON,
 # ONLY=train|eval|report (one phase), DRY_RUN=1 (print the commands only), TITLE. Extra arguments are passed to
 # every main_ppo run as Hydra overrides (change the schedule of all arms alike, e.g. data.train_batch_size=16).
 set -euo pipefail
@@ -182,8 +183,8 @@ evaluate() {  # $1 = run name, $2 = model folder, $3 = mode; skipped once its .d
   run "$PY" -m rl2f_plugin.eval --data "$DATA/test.parquet" --out "$file.jsonl" --name "$name$suffix" \
       --student "hf:$model" "${args[@]}" --max-turns "$EVAL_TURNS" --recipe "$REPO/recipes/rl2f_cpu.yaml" \
       --response-length $(( (EVAL_MAX_NEW_TOKENS + 64) * EVAL_TURNS )) --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
-      --prompt-length 1024 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} --concurrency 32 --batch-size 32 --no-progress \
-      --problem-timeout 3600 > "$file.log" 2>&1 || rc=$?
+      --prompt-length 1024 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} ${EVAL_THREADS:+--threads "$EVAL_THREADS"} \
+      --concurrency 32 --batch-size 32 --no-progress --problem-timeout 3600 > "$file.log" 2>&1 || rc=$?
   cost "$name" "eval:$mode" "$start"
   case "$rc" in
     0) dry || date -u +%FT%TZ > "$file.done" ;;

@@ -1,5 +1,6 @@
-"""The CPU RL²F-vs-RLVR comparison's plumbing: learning curves merged across resumed runs, and the comparison
-script training every recipe under the same conditions (same data, steps, batch and seeds per pair) and resuming.
+"""The CPU study's plumbing: learning curves merged across resumed runs, and the study script (and the 2026-11-27
+comparison, which is the study script with its runs) training every arm under the same conditions (same data, steps,
+batch and seeds), evaluating each trained model with every control, and resuming.
 
 The training itself is covered by tests/test_cpu_e2e.py (real main_ppo); here the script runs with DRY_RUN=1,
 which prints each command instead of running it (the model is still converted/cached for real).
@@ -82,7 +83,7 @@ def test_compare_script_trains_every_recipe_alike_and_resumes(tmp_path):
         for arg in cmd.split():
             if re.match(r"(--config-name|data\.seed|actor_rollout_ref\.rollout\.seed|trainer\.experiment_name|"
                         r"trainer\.default_local_dir|hydra\.run\.dir|RL2F_OUTPUT_DIR|VERL_FILE_LOGGER_PATH|"
-                        r"RL2F_CPU_ROLLOUT_LOG)=", arg):
+                        r"RL2F_CPU_ROLLOUT_LOG|rl2f\.reward_mode|rl2f\.gamma)=", arg):
                 continue
             out.append(arg)
         return out
@@ -113,3 +114,67 @@ def test_compare_script_skips_runs_marked_done_without_their_checkpoints(tmp_pat
     trained = re.findall(r"--config-name=(\S+)", proc.stdout)
     evaluated = re.findall(r"rl2f_plugin\.eval --data \S+ --out \S+ --name (\S+)", proc.stdout)
     assert trained == ["rl2f_cpu"] and evaluated == ["base", "rl2f_cpu_s1"]
+
+
+def _dry_study(tmp_path, out, **env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_MODULES",)}
+    env.update(DRY_RUN="1", OUT=str(out), STEPS="2", PYTHON=sys.executable, **env_extra)
+    return subprocess.run(["bash", str(REPO / "examples" / "study_cpu.sh")], capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path, env=env)
+
+
+def test_study_script_arms_seeds_and_controls(tmp_path):
+    out = tmp_path / "study"
+    # results of an earlier session: one run complete, one evaluation of the untrained model complete
+    (out / "rlvr_cpu_s2").mkdir(parents=True)
+    (out / "rlvr_cpu_s2" / "DONE").write_text("2026-12-02T10:00:00Z\n")
+    (out / "eval").mkdir()
+    (out / "eval" / "base.content_free.done").write_text("2026-12-02T10:00:00Z\n")
+    proc = _dry_study(tmp_path, out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    trains = [ln for ln in lines if "verl.trainer.main_ppo" in ln]
+
+    def arm_of(cmd):
+        recipe = re.search(r"--config-name=(\S+)", cmd).group(1)
+        mode = re.search(r"rl2f\.reward_mode=(\S+)", cmd)
+        gamma = re.search(r"rl2f\.gamma=(\S+)", cmd)
+        return recipe, mode and mode.group(1), gamma and gamma.group(1), re.search(r"data\.seed=(\d+)", cmd).group(1)
+
+    arms = [("rlvr_cpu", None, None), ("rl2f_cpu", "final", None), ("rl2f_cpu", "discounted", "0.7"),
+            ("rl2f_wm_cpu", "final", None)]
+    # seed by seed, every arm (rlvr_cpu_s2 is DONE: neither trained nor evaluated again)
+    assert [arm_of(c) for c in trains] == [(*a, s) for s in "123" for a in arms if (a[0], s) != ("rlvr_cpu", "2")]
+    shared = {tuple(a for a in c.split() if not re.match(
+        r"(--config-name|data\.seed|actor_rollout_ref\.rollout\.seed|trainer\.experiment_name|trainer\.default_local_dir|"
+        r"hydra\.run\.dir|RL2F_OUTPUT_DIR|VERL_FILE_LOGGER_PATH|RL2F_CPU_ROLLOUT_LOG|rl2f\.reward_mode|rl2f\.gamma)=", a))
+        for c in trains}
+    assert len(shared) == 1  # same data, checkpoint, steps and schedule for every arm
+    assert "trainer.total_training_steps=2" in trains[0].split()
+    evals = [ln for ln in lines if "rl2f_plugin.eval --data" in ln]
+    got = [(re.search(r"--name (\S+)", c).group(1), c) for c in evals]
+    names = [n for n, _ in got]
+    runs = [f"{a}_s{s}" for s in "123" for a in ("rlvr_cpu", "rl2f_cpu", "rl2f_discounted_cpu", "rl2f_wm_cpu")
+            if (a, s) != ("rlvr_cpu", "2")]
+    expected = ["base", "base.independent", "base.autodidact"]  # base.content_free was complete
+    for r in runs:
+        expected += [r, f"{r}.content_free", f"{r}.independent"] + ([f"{r}.autodidact"] if "wm" in r else [])
+    assert names == expected
+    for name, cmd in got:
+        assert "--max-turns 3" in cmd and f"--out {out}/eval/{name}.jsonl" in cmd
+        if name.endswith(".content_free"):
+            assert "--teacher content_free" in cmd
+        elif name.endswith(".independent"):
+            assert "--independent --n-samples 3" in cmd and "--teacher" not in cmd
+        elif name.endswith(".autodidact"):
+            assert "--teacher none" in cmd
+        else:
+            assert "--teacher template" in cmd
+    assert "base, content_free: evaluated earlier" in proc.stdout and "rlvr_cpu_s2: done earlier" in proc.stdout
+
+
+def test_study_script_rejects_unknown_arms_and_controls(tmp_path):
+    proc = _dry_study(tmp_path, tmp_path / "s", ARMS="rlvr_cpu rl2f_typo")
+    assert proc.returncode != 0 and "unknown arm 'rl2f_typo'" in proc.stderr
+    proc = _dry_study(tmp_path, tmp_path / "s", CONTROLS="informative pass_at_k")
+    assert proc.returncode == 2 and "unknown control 'pass_at_k'" in proc.stderr
