@@ -18,9 +18,12 @@ The workload is built to be hard on the verifier, as a GPU run is:
   * a quarter of the problems are code tasks run in the sandbox.
 
 Reported per 1,000 trajectories: correct answers scored 0, verify timeouts, verifier queue timeouts,
-leak-guard timeouts, teacher timeouts, fallbacks (generic feedback instead of the teacher's), and the
-verifier-pool queue wait (mean / max seconds, measured here around ``WorkerPool._acquire``, independent of
-the code under test). ``--compare REF`` runs the same workload on the code of git ref ``REF`` (a temporary
+leak-guard timeouts, teacher timeouts (and, for code that does not count them, its logged warnings), leaks
+caught, fallbacks (generic feedback instead of the teacher's). Queueing, measured from outside the code under
+test: the verifier pool's queue (around ``WorkerPool._acquire``) and the event loop's default executor (around
+``asyncio.to_thread``, where the code before this change ran verifications and leak checks; 6 threads on 2
+cores); and the code's own ``rl2f_verify_queue_s`` per trajectory where it has it (all its waiting: its own
+executor's queue, the pool's queue, worker start-up). ``--compare REF`` runs the same workload on the code of git ref ``REF`` (a temporary
 ``git worktree``, in a subprocess) and prints both side by side: REF = before, the working tree = after.
 
 Usage: python benchmarks/bench_load.py [--trajectories 256] [--concurrency 128] [--compare a196c6a]
@@ -125,14 +128,30 @@ class LoadServer(ScriptedServer):
         return await super().generate(request_id, **kw)
 
 
-class PoolQueueProbe:
-    """Seconds each `WorkerPool._acquire` waited (the verifier pool's queue), measured from outside."""
+class QueueProbe:
+    """Seconds each `WorkerPool._acquire` waited (the verifier pool's queue) and each ``asyncio.to_thread`` call
+    waited for a thread of the event loop's default executor (where the code before this change ran every
+    verification and leak check), measured from outside the code under test."""
 
     def __init__(self):
         from reward_fns.worker_pool import WorkerPool
 
         self.waits: list[float] = []
+        self.thread_waits: list[float] = []
         self._lock = threading.Lock()
+        to_thread = asyncio.to_thread
+
+        async def timed_to_thread(func, *a, **kw):
+            t0 = time.monotonic()
+
+            def started(*a2, **kw2):
+                with self._lock:
+                    self.thread_waits.append(time.monotonic() - t0)
+                return func(*a2, **kw2)
+
+            return await to_thread(started, *a, **kw)
+
+        asyncio.to_thread = timed_to_thread
         inner = WorkerPool._acquire
 
         def timed(pool, *a, **kw):
@@ -165,7 +184,7 @@ class LogCounter(logging.Handler):
 def run(args) -> dict:
     from rl2f_plugin import schema
 
-    probe, logs = PoolQueueProbe(), LogCounter()
+    probe, logs = QueueProbe(), LogCounter()
     logging.getLogger("rl2f_plugin").addHandler(logs)
     logging.getLogger("verl.utils.tokenizer.continuous_token_wiring").setLevel(logging.ERROR)
     tok = smollm2_tokenizer() if smollm2_dir() else qwen_style_tokenizer()
@@ -195,7 +214,8 @@ def run(args) -> dict:
 
     fallbacks = total(getattr(schema, "EF_FALLBACKS", "")) if hasattr(schema, "EF_FALLBACKS") else \
         sum(int(ef[schema.EF_LEAKED_TURNS]) + int(ef[schema.EF_TEACHER_ERRORS]) for ef in efs)
-    waits = probe.waits
+    waits, thread_waits = probe.waits, probe.thread_waits
+    own_wait = [float(ef[schema.EF_VERIFY_QUEUE_S]) for ef in efs] if hasattr(schema, "EF_VERIFY_QUEUE_S") else []
     return {
         "trajectories": len(efs),
         "wrongly_scored": sum(ef[schema.EF_SOLVED_AT_TURN] != SOLVED_AT for ef in efs),
@@ -210,6 +230,10 @@ def run(args) -> dict:
         "pool_calls": len(waits),
         "pool_wait_mean_s": sum(waits) / len(waits) if waits else 0.0,
         "pool_wait_max_s": max(waits, default=0.0),
+        "thread_waits": len(thread_waits),
+        "thread_wait_mean_s": sum(thread_waits) / len(thread_waits) if thread_waits else 0.0,
+        "thread_wait_max_s": max(thread_waits, default=0.0),
+        "traj_wait": "{:.2f} / {:.1f}".format(sum(own_wait) / len(own_wait), max(own_wait)) if own_wait else "not measured",
         "pool_size": __import__("reward_fns.worker_pool", fromlist=["get_pool"]).get_pool().size,
         "wall_s": wall, "load_before": load0[0], "load_after": load1[0],
     }
@@ -250,6 +274,9 @@ def table(results: dict[str, dict]) -> str:
         lines.append(f"{label:32s}" + "".join(cells))
     for label, fmt in (("verifier pool: processes", "{pool_size}"), ("pool calls", "{pool_calls}"),
                        ("pool queue wait mean / max (s)", "{pool_wait_mean_s:.2f} / {pool_wait_max_s:.1f}"),
+                       ("default-executor hops", "{thread_waits}"),
+                       ("  their wait mean / max (s)", "{thread_wait_mean_s:.2f} / {thread_wait_max_s:.1f}"),
+                       ("wait per trajectory mean/max (s)", "{traj_wait}"),
                        ("wall (s)", "{wall_s:.0f}"), ("load 1-min before -> after", "{load_before:.1f} -> {load_after:.1f}")):
         lines.append(f"{label:32s}" + "".join(f"{fmt.format(**results[n]):>16s}" for n in names))
     return "\n".join(lines)
