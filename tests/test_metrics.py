@@ -141,3 +141,30 @@ def test_weighted_cumulative_accuracy_counts_each_problem_once():
             TrajectoryRecord(solved_at_turn=1, num_student_turns=1, max_turns=3)]
     assert teacher_generations(recs) == 3 and mean_student_turns(recs) == 2.0
     assert (format_metric(0.12345), format_metric(None), format_metric(float("nan"), nan="nan")) == ("0.123", "-", "nan")
+
+
+def test_timeouts_and_fallbacks_are_their_own_metrics():
+    """Each kind of time-out is its own count (0 is logged too: 'nothing timed out' is a measurement), a leak-guard
+    time-out is not a leak (the leak rate's numerator) but its regeneration is a teacher generation."""
+    from rl2f_plugin.metrics import summarize, teacher_generations
+
+    base = {schema.EF_SOLVED_AT_TURN: 0, schema.EF_NUM_STUDENT_TURNS: 2, schema.EF_MAX_TURNS: 2,
+            schema.EF_FEEDBACK_TURNS: 1, schema.EF_TASK: "math"}
+    timed_out = {**base, schema.EF_VERIFY_TIMEOUTS: 1, schema.EF_VERIFY_QUEUE_TIMEOUTS: 1, schema.EF_VERIFY_QUEUE_S: 4.5,
+                 schema.EF_LEAK_GUARD_TIMEOUTS: 3, schema.EF_GUARD_TIMEOUT_TURNS: 1, schema.EF_TEACHER_TIMEOUTS: 1,
+                 schema.EF_FALLBACKS: 1}
+    leaked = {**base, schema.EF_LEAK_COUNT: 1, schema.EF_VERIFY_QUEUE_S: 0.5}
+    rec = record_from_extra_fields(timed_out)
+    assert (rec.verify_timeouts, rec.verify_queue_timeouts, rec.leak_guard_timeouts, rec.guard_timeout_turns,
+            rec.teacher_timeouts, rec.fallbacks, rec.verify_queue_s) == (1, 1, 3, 1, 1, 1, 4.5)
+    recs = [rec, record_from_extra_fields(leaked)]
+    assert teacher_generations(recs) == (1 + 3 - 1) + (1 + 1)
+    m = summarize(recs, by_source=False)
+    assert m["rl2f/leak_rate"] == 1 / 5  # one leak in five generations; the three timed-out checks are not leaks
+    assert (m["rl2f/timeouts/verify"], m["rl2f/timeouts/verify_queue"], m["rl2f/timeouts/leak_guard"],
+            m["rl2f/timeouts/teacher"], m["rl2f/fallbacks"]) == (1.0, 1.0, 3.0, 1.0, 1.0)
+    assert m["rl2f/verify_queue_s/mean"] == 2.5 and m["rl2f/verify_queue_s/max"] == 4.5
+    clean = summarize([record_from_extra_fields(base)], by_source=False)
+    assert clean["rl2f/timeouts/verify"] == 0.0 and clean["rl2f/fallbacks"] == 0.0  # logged as 0, not omitted
+    with pytest.raises(ValueError, match=r"sample: extra field 'rl2f_teacher_timeouts' must be an integer"):
+        record_from_extra_fields({**base, schema.EF_TEACHER_TIMEOUTS: "many"})
