@@ -328,3 +328,61 @@ def test_discounted_reward_mode_and_gamma_compose_through_the_cpu_recipe():
     final = RL2FConfig.from_dict(OmegaConf.to_container(build_trainer_config(
         str(REPO / "recipes" / "rl2f_cpu.yaml")).rl2f, resolve=True))
     assert final.reward_mode == "final" and asyncio.run(wrong_then_right(final)) == 1.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the study report
+# ------------------------------------------------------------------------------------------------------------
+def _solved_run(path: Path, solved: list[int], **header) -> None:
+    """A transcript whose problem i is first solved at turn solved[i] (0: never), wrong answers all different."""
+    recs = []
+    for i, s in enumerate(solved):
+        n = s or 3
+        recs.append(_rec(i, [str(10 * t + i) for t in range(n)], [int(t + 1 == s) for t in range(n)]))
+    _write(path, {"max_turns": 3, **header}, recs)
+
+
+def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(tmp_path):
+    from rl2f_plugin.eval.study import Study, _t975, main as study_main, seeds_needed
+
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    _solved_run(ev / "base.jsonl", [1, 0, 0, 0])
+    _solved_run(ev / "base.content_free.jsonl", [1, 0, 0, 0])
+    #                                             problem: 0  1  2  3
+    runs = {"rlvr_cpu_s1": [1, 0, 0, 0], "rlvr_cpu_s2": [1, 1, 0, 0],
+            "rl2f_cpu_s1": [1, 2, 0, 0], "rl2f_cpu_s2": [1, 1, 3, 1]}
+    for name, solved in runs.items():
+        _solved_run(ev / f"{name}.jsonl", solved)
+        _solved_run(ev / f"{name}.content_free.jsonl", [s if s == 1 else 0 for s in solved])
+    (tmp_path / "cost.tsv").write_text("run\tphase\tstarted\twall_s\tcores\tload1\n"
+                                       "rl2f_cpu_s1\ttrain\tx\t600\t2\t1.0\nrl2f_cpu_s1\teval:informative\tx\t60\t2\t1.0\n")
+    (tmp_path / "rl2f_cpu_s1").mkdir()
+    (tmp_path / "rl2f_cpu_s1" / "metrics-20261202-000000.jsonl").write_text(
+        "".join(json.dumps({"step": s, "data": {"timing_s/step": 90.0 + s}}) + "\n" for s in (1, 2)))
+    assert study_main(["--dir", str(tmp_path), "--arm", "rlvr_cpu=RLVR", "--arm", "rl2f_cpu=RL2F",
+                       "--seeds", "1", "2", "--baseline", "rlvr_cpu", "--bootstrap", "300"]) == 0
+    text = (tmp_path / "study.md").read_text()
+    study = Study(str(tmp_path), {"rlvr_cpu": "RLVR", "rl2f_cpu": "RL2F"}, [1, 2], "rlvr_cpu", n_boot=300)
+    row = study.contrast("x", "rlvr_cpu", "informative", "rl2f_cpu", "informative")
+    # per seed, turn 1: s1 0; s2 +1/4 (RL2F s2 solves problem 3 at turn 1, RLVR s2 does not)
+    assert [d[0] for d in row["per_seed"]] == pytest.approx([0.0, 0.25])
+    # turn 3: s1 +1/4 (problem 1 at turn 2), s2 +2/4 (problems 2 and 3)
+    assert [d[2] for d in row["per_seed"]] == pytest.approx([0.25, 0.5])
+    assert row["pooled"].diff == pytest.approx([0.125, 0.25, 0.375])  # seeds pooled per problem = mean of seeds here
+    mean, lo, hi = row["seed_interval"][2]
+    assert mean == pytest.approx(0.375) and hi - mean == pytest.approx(_t975(1) * np.std([0.25, 0.5], ddof=1) / 2 ** 0.5)
+    assert "| RL2F - RLVR | RL2F, informative teacher - RLVR, informative teacher | 2 | 4 | +0.125 [" in text
+    # feedback effect = informative - content-free, the same models: RL2F's later-turn solves are all from feedback
+    fb = study.contrast("fb", "rl2f_cpu", "content_free", "rl2f_cpu", "informative")
+    assert fb["pooled"].diff == pytest.approx([0.0, 1 / 8, 2 / 8])  # s1 problem 1 at turn 2, s2 problem 2 at turn 3
+    assert "| feedback effect, RL2F |" in text and "| feedback effect, untrained |" in text
+    # what is not evaluated yet is listed, not silently dropped
+    assert "Not yet available:" in text and "feedback vs independent samples, RL2F" in text
+    assert "## Answer changes after feedback" in text and "| RL2F, informative teacher | all turns |" in text
+    # cost: s/step from verl's timing, wall from cost.tsv, CPU-minutes = wall x cores
+    assert "| RL2F | 1 | 2 | 91.5 | 10.0 min | 1.0 min | 22 |" in text
+    assert "seeds would give +-0.04" in text
+    assert seeds_needed(0.05, 0.04) == 9 and seeds_needed(0.0, 0.04) == 2
+    assert (tmp_path / "study.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "study.json").read_text())["k"] == 3
