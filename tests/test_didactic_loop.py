@@ -466,3 +466,80 @@ def test_verl_builder_fallback_warning_is_logged_once_per_process(caplog):
             infer_continuous_token_model_family(hf_model_type="rl2f_unknown_model_type")
     hits = [r for r in caplog.records if "rl2f_unknown_model_type" in r.getMessage()]
     assert len(hits) == 1
+
+
+def test_aux_calls_of_a_trajectory_share_one_sticky_session_in_verls_load_balancer():
+    """verl's real load balancer (``GlobalRequestLoadBalancer``: sticky sessions in an LRU keyed by request id) fed the
+    request ids of one trajectory's calls: the self teacher's calls share one id, so they all go to one replica (whose
+    prefix cache holds the trajectory's earlier teacher prompts) and take one cache entry, not one per call."""
+    from verl.workers.rollout.router import GlobalRequestLoadBalancer
+
+    out, server, _ = rollout(["4", "6", "5"], ("Check the sum again.", "Count up from 2."))
+    assert out.extra_fields[schema.EF_TURN_CORRECT] == [0, 0, 1]
+    balancer = GlobalRequestLoadBalancer({f"replica{i}": f"handle{i}" for i in range(4)})
+    routed: dict[str, set] = {"student": set(), "teacher": set()}
+    for call in server.calls:
+        server_id, _ = balancer.acquire_server(call["request_id"])
+        balancer.release_server(server_id, request_id=call["request_id"])
+        routed[call["kind"]].add((call["request_id"], server_id))
+    assert sum(c["kind"] == "teacher" for c in server.calls) == 2
+    assert len(routed["teacher"]) == 1 and len(routed["student"]) == 1
+    assert len(balancer._request_id_to_server) == 2  # one sticky session for the student, one for its teacher calls
+
+
+def test_a_timed_out_aux_call_stops_generating_on_the_server():
+    """A real Ray actor stands in for a vLLM replica (async ``generate`` that decodes a step every 50 ms), behind verl's
+    real ``LLMServerClient`` and ``GlobalRequestLoadBalancer``. Cancelling ``LLMServerClient.generate`` (what the
+    teacher's timeout does) leaves the replica generating; `generate_abortable` cancels the actor call, so the
+    replica's coroutine gets CancelledError (where vLLM's ``AsyncLLM.generate`` aborts the request)."""
+    import ray
+    from verl.workers.rollout.llm_server import LLMServerClient
+    from verl.workers.rollout.router import GlobalRequestLoadBalancer
+
+    from rl2f_plugin.agent_loops.server_calls import generate_abortable
+
+    @ray.remote
+    class Replica:
+        def __init__(self):
+            self.steps, self.cancelled = 0, False
+
+        async def generate(self, request_id, prompt_ids, sampling_params, **kwargs):
+            try:
+                for _ in range(400):
+                    await asyncio.sleep(0.05)
+                    self.steps += 1
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+        async def state(self):
+            return self.steps, self.cancelled
+
+    cfg = trainer_config(overrides=["actor_rollout_ref.rollout.name=vllm"])  # the GPU recipes' rollout
+
+    async def scenario(call):
+        replica = Replica.remote()
+        await replica.state.remote()
+        balancer = ray.remote(GlobalRequestLoadBalancer).remote({"r0": replica})
+        await balancer.get_all_servers.remote()  # actors started before the clock runs (slow on a loaded machine)
+        client = LLMServerClient(cfg, load_balancer_handle=balancer)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(call(client), timeout=3.0)
+        assert (await replica.state.remote())[0] > 0  # it was generating when the caller gave up
+        await asyncio.sleep(0.5)
+        before = await replica.state.remote()
+        await asyncio.sleep(1.0)
+        return before, await replica.state.remote()
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        params = {"max_tokens": 8, "temperature": 0.0}
+        (a, b) = asyncio.run(scenario(lambda c: c.generate("rl2f-aux-x", prompt_ids=[1, 2], sampling_params=dict(params))))
+        assert b[0] > a[0] and not b[1]  # verl's client: the replica keeps generating after the caller gave up
+        (a, b) = asyncio.run(scenario(lambda c: generate_abortable(c, "rl2f-aux-x", [1, 2], dict(params))))
+        assert b == a and b[1]  # aborted: no more steps, the replica's coroutine was cancelled
+    finally:
+        if started:
+            ray.shutdown()

@@ -274,3 +274,23 @@ def test_self_teacher_uses_the_policy_with_the_versioned_prompt():
         asyncio.run(build_teacher({"name": "self", "prompt_version": "v9"}, policy_complete=policy).feedback(c))
     with pytest.raises(TeacherError, match="no LLM"):
         asyncio.run(build_teacher({"name": "self"}).feedback(c))
+
+
+def test_clean_feedback_strips_reasoning_in_every_shape():
+    from rl2f_plugin.teachers import clean_feedback
+
+    assert clean_feedback("<think>the answer is 5</think>\n\nRe-check the sum.", who="t") == "Re-check the sum."
+    # a generation prompt that opens the think block (DeepSeek-R1 / QwQ templates): the reply only closes it
+    assert clean_feedback("The answer is 5, so hint at counting.\n</think>\n\nCount up from 2.", who="t") == "Count up from 2."
+    with pytest.raises(TeacherError, match="empty feedback"):
+        clean_feedback("<think>\nthe student wrote 4 but the answer is 5", who="t")  # never finished thinking
+
+
+def test_teacher_thinking_option_is_validated():
+    from rl2f_plugin.dataclass_config import ConfigError, build_options
+    from rl2f_plugin.teachers import TeacherConfig
+
+    assert build_options(TeacherConfig, {"thinking": True}, "rl2f.teacher").thinking is True
+    assert TeacherConfig().thinking is False and TeacherConfig().to_dict()["thinking"] is False
+    with pytest.raises(ConfigError, match="rl2f.teacher.thinking"):
+        build_options(TeacherConfig, {"thinking": "maybe"}, "rl2f.teacher")
