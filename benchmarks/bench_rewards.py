@@ -11,9 +11,10 @@ Maths: the same answer pairs (all textually different, so none takes the no-hop 
       the worker pipe) and from as many threads as the pool has workers.
 Code: the same tiny function + 3 asserts run (variants interleaved run by run, median time)
   (a) plainly: ``subprocess.run([python, "-c", code + tests])``;
-  (b) in the sandbox (``run_code``: judge process + candidate process, the calls crossing between them) with
-      the isolation this machine allows, and with the audit hook only;
-  then both from 2 caller threads (runs/s).
+  (b) in the sandbox (``run_code``: bubblewrap + judge process + Landlocked candidate process, the calls
+      crossing between them), with the kernel isolation and with isolation opted out
+      (``RL2F_SANDBOX_ISOLATION=none``: the same processes without bwrap/Landlock, to show what isolation costs);
+  then plain and the isolated sandbox from 2 caller threads (runs/s).
 Figures are wall-clock on whatever machine runs this; compare ratios, not absolute numbers.
 """
 
@@ -111,54 +112,71 @@ TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\nassert add(-1, 1) == 0\n"
 
 
 def bench_code(n: int, rounds: int) -> None:
-    from reward_fns import code_sandbox
+    from reward_fns import sandbox_isolation
     from reward_fns.code_sandbox import run_code
 
     gt = {"tests": TESTS, "entry_point": "add"}
-    run_code(CODE, gt)  # warm (probe unshare, page cache)
+    iso = sandbox_isolation.isolation()  # raises SandboxUnavailable where the kernel cannot isolate
+    run_code(CODE, gt)  # warm (probe, page cache)
     subprocess.run([sys.executable, "-c", CODE + TESTS], check=True)
 
     def plain():
         subprocess.run([sys.executable, "-c", CODE + TESTS], check=True, capture_output=True)
 
-    def sandboxed(use_ns):
+    def plain_isolated_mode():  # the interpreter without site (what the sandbox itself starts)
+        subprocess.run([iso.python, "-I", "-S", "-c", CODE + TESTS], check=True, capture_output=True)
+
+    # the probe result is cached per setting: swap the cached objects instead of re-probing in the timed loop
+    cached = {True: iso, False: None}
+
+    def variant(isolated):
         def run():
-            code_sandbox._unshare_ok = use_ns
+            sandbox_isolation.isolation = _fixed(cached[isolated])
             d = run_code(CODE, gt)
             assert d["status"] == "passed", d
         return run
 
-    modes = [("namespaces + audit hook", True), ("audit hook only", False)] if code_sandbox._use_unshare() else [
-        ("audit hook only", False)]
+    modes = [("kernel isolation (bwrap+Landlock)", True), ("isolation opted out", False)]
     # Interleaved per run (plain, sandbox, sandbox, plain, ...) and the median kept: other load on the machine
     # hits every variant alike.
     times: dict[str, list[float]] = {}
-    saved = code_sandbox._unshare_ok
+    original = sandbox_isolation.isolation
     try:
         for _ in range(rounds * n):
-            for label, fn in [("plain", plain)] + [(lbl, sandboxed(ns)) for lbl, ns in modes]:
+            for label, fn in [("plain", plain), ("plain -I -S", plain_isolated_mode)] + [
+                    (lbl, variant(isolated)) for lbl, isolated in modes]:
                 t0 = time.perf_counter()
                 fn()
                 times.setdefault(label, []).append(time.perf_counter() - t0)
+        t_plain = statistics.median(times.pop("plain"))
+        t_bare = statistics.median(times.pop("plain -I -S"))
+        results = {label: statistics.median(ts) for label, ts in times.items()}
+        print(f"code: {rounds * n} runs of a 3-assert function test per variant, interleaved, median, "
+              f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores, sandbox python {iso.python}")
+        print(f"  plain `python -c` subprocess                 : {1 / t_plain:8.1f} runs/s  ({t_plain * 1e3:6.1f} ms per run)")
+        print(f"  plain `{os.path.basename(iso.python)} -I -S -c` (no site)        : {1 / t_bare:8.1f} runs/s  "
+              f"({t_bare * 1e3:6.1f} ms per run)")
+        for label, t in results.items():
+            print(f"  sandbox, {label:<35s}: {1 / t:8.1f} runs/s  ({t * 1e3:6.1f} ms per run, "
+                  f"{t / t_plain:4.2f}x plain, {t / t_bare:4.2f}x plain without site)")
+        # throughput with 2 callers (the sandbox's slots allow one run per core), plain alike
+        sandbox_isolation.isolation = _fixed(iso)
+        for label, fn in (("plain `python -c`", plain), ("sandbox, kernel isolation", lambda: run_code(CODE, gt))):
+            t0 = time.perf_counter()
+            with cf.ThreadPoolExecutor(2) as ex:
+                list(ex.map(lambda _: fn(), range(rounds * n)))
+            t_par = time.perf_counter() - t0
+            print(f"  {label + ', 2 caller threads':<45s}: {rounds * n / t_par:8.1f} runs/s  "
+                  f"({rounds * n * 3 / t_par:.1f} asserts/s)")
     finally:
-        code_sandbox._unshare_ok = saved
-    t_plain = statistics.median(times.pop("plain"))
-    results = {label: statistics.median(ts) for label, ts in times.items()}
+        sandbox_isolation.isolation = original
 
-    print(f"code: {rounds * n} runs of a 3-assert function test per variant, interleaved, median, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"  plain `python -c` subprocess         : {1 / t_plain:8.1f} runs/s  ({t_plain * 1e3:6.1f} ms per run)")
-    for label, t in results.items():
-        print(f"  sandbox, {label:<27s}: {1 / t:8.1f} runs/s  ({t * 1e3:6.1f} ms per run, "
-              f"overhead {1e3 * (t - t_plain):+6.1f} ms = {t / t_plain:4.2f}x plain)")
-    # throughput with 2 callers (the sandbox's slot semaphore allows one run per core), plain alike
-    for label, fn in (("plain `python -c`", plain), ("sandbox", lambda: run_code(CODE, gt))):
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(2) as ex:
-            list(ex.map(lambda _: fn(), range(rounds * n)))
-        t_par = time.perf_counter() - t0
-        print(f"  {label + ', 2 caller threads':<37s}: {rounds * n / t_par:8.1f} runs/s  "
-              f"({rounds * n * 3 / t_par:.1f} asserts/s)")
+
+def _fixed(value):
+    """A stand-in for `sandbox_isolation.isolation` returning `value` (the benchmark switches settings)."""
+    def isolation():
+        return value
+    return isolation
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ import json
 import marshal
 import math
 import os
+import queue
 import select
 import signal
 import subprocess
@@ -68,12 +69,17 @@ __all__ = ["run_code", "verify_code", "parse_code_ground_truth", "sandbox_info",
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _RUNNER = os.path.join(_HERE, "_sandbox_runner.py")
-#: the two programs copied into every sandbox (read once: the caller's tree need not be readable there)
-_PROGRAMS = {}
-for _name in ("_sandbox_runner.py", "sandbox_isolation.py"):
-    with open(os.path.join(_HERE, _name), "rb") as _f:
-        _PROGRAMS[_name] = _f.read()
-_SLOTS = threading.BoundedSemaphore(int(os.environ.get("RL2F_SANDBOX_PARALLEL", "0") or 0) or (os.cpu_count() or 1))
+_PROGRAM_NAMES = ("_sandbox_runner", "sandbox_isolation")
+_COMPILE = ("import importlib.util, marshal, sys\n"
+            "path = sys.argv[1]\n"
+            "code = compile(open(path, 'rb').read(), sys.argv[2], 'exec')\n"
+            "sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))\n")
+#: run slots (the number of concurrent runs; each its own memory cgroup where there is one)
+_SLOTS: "queue.Queue[int]" = queue.Queue()
+for _k in range(int(os.environ.get("RL2F_SANDBOX_PARALLEL", "0") or 0) or (os.cpu_count() or 1)):
+    _SLOTS.put(_k)
+#: the memory of a whole run (all its processes, with their files) beyond the per-process ``code_memory_mb``
+RUN_MEMORY_FACTOR = 2
 #: the candidate's disk (tmpfs bytes) in MB
 DISK_MB = 64
 
@@ -273,8 +279,11 @@ def run_code(code: str, ground_truth: Any, timeout: float | None = None, memory_
             return {**_blank_details(time.monotonic() - t0), "status": "bad_tests",
                     "error": trim(f"tests do not parse: {exc}", 400)}
         n_tests = sum(1 for u in job["units"] if u[0])
-    with _SLOTS:
-        return _run_job(job, iso, wall, expected, n_tests)
+    slot = _SLOTS.get()
+    try:
+        return _run_job(job, iso, wall, expected, n_tests, slot)
+    finally:
+        _SLOTS.put(slot)
 
 
 def _blank_details(seconds: float) -> dict[str, Any]:
@@ -336,10 +345,22 @@ class _Progress:
         return True
 
 
-def _program_fds() -> dict[str, int]:
+@functools.lru_cache(maxsize=4)
+def _compiled_programs(python: str) -> dict[str, bytes]:
+    """The two programs copied into every sandbox, as .pyc files of the sandbox's interpreter: compiling the
+    runner's source at every start would cost more than the rest of Python's start-up."""
+    programs = {}
+    for name in _PROGRAM_NAMES:
+        out = subprocess.run([python, "-I", "-S", "-c", _COMPILE, os.path.join(_HERE, f"{name}.py"),
+                              f"{sandbox_isolation.PROGRAM_DIR}/{name}.py"], capture_output=True, timeout=60, check=True)
+        programs[f"{name}.pyc"] = out.stdout
+    return programs
+
+
+def _program_fds(python: str) -> dict[str, int]:
     """Read ends of pipes holding the sandbox's two programs (bwrap copies them in)."""
     fds = {}
-    for name, data in _PROGRAMS.items():
+    for name, data in _compiled_programs(python).items():
         r, w = os.pipe()
         try:
             if len(data) > 60_000:
@@ -353,7 +374,7 @@ def _program_fds() -> dict[str, int]:
     return fds
 
 
-def _launch(job: dict, iso, result_fd: int, errf) -> tuple[subprocess.Popen, str | None]:
+def _launch(job: dict, iso, result_fd: int, errf, slot: int) -> tuple[subprocess.Popen, str | None]:
     """Start the judge (in the sandbox when `iso`); returns it and the host dir to remove afterwards (only
     without isolation: the sandbox's dirs are tmpfs that vanish with it)."""
     if iso is None:
@@ -369,9 +390,10 @@ def _launch(job: dict, iso, result_fd: int, errf) -> tuple[subprocess.Popen, str
     job.update(judge_dir=sandbox_isolation.JUDGE_DIR, work_dir=sandbox_isolation.WORK_DIR,
                read_paths=list(iso.view) + ["/dev/urandom", "/dev/zero"],
                write_paths=[sandbox_isolation.WORK_DIR, "/dev/null"])
-    fds = _program_fds()
+    fds = _program_fds(iso.python)
     try:
-        cmd = iso.command(fds, DISK_MB) + [f"{sandbox_isolation.PROGRAM_DIR}/_sandbox_runner.py", str(result_fd)]
+        cmd = iso.command(fds, DISK_MB, slot, RUN_MEMORY_FACTOR * int(job["memory_mb"])) + [
+            f"{sandbox_isolation.PROGRAM_DIR}/_sandbox_runner.pyc", str(result_fd)]
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf, cwd="/",
                                 env={"LANG": "C.UTF-8"}, pass_fds=(result_fd, *fds.values()), start_new_session=True,
                                 **iso.popen_kwargs()), None
@@ -388,7 +410,7 @@ def _remove_host_dir(path: str) -> None:
         pass
 
 
-def _run_job(job: dict, iso, wall: float, expected: list[str], n_tests: int | None) -> dict[str, Any]:
+def _run_job(job: dict, iso, wall: float, expected: list[str], n_tests: int | None, slot: int) -> dict[str, Any]:
     start = time.monotonic()
     deadline = start + wall
     r_fd, w_fd = os.pipe()
@@ -398,7 +420,7 @@ def _run_job(job: dict, iso, wall: float, expected: list[str], n_tests: int | No
     stderr_tail = ""
     try:
         with tempfile.TemporaryFile() as errf:
-            proc, host_dir = _launch(job, iso, w_fd, errf)
+            proc, host_dir = _launch(job, iso, w_fd, errf, slot)
             os.close(w_fd)
             w_fd = -1
             try:  # length-prefixed; stdin then stays open: closing it tells the judge to end the run

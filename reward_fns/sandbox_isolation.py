@@ -32,7 +32,10 @@ Guarantees, in the order to check them (each names the mechanism; none relies on
    sockets to them.
 5. **Bounds.** Bytes: the tmpfs sizes. Processes and threads: RLIMIT_NPROC (`MAX_TASKS`), counted per user
    namespace for the non-root uid of (1). Per process: RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE,
-   no core dumps. Wall clock: the caller kills ``bwrap`` at the deadline; the kernel tears down the PID
+   no core dumps. The whole run's memory (every process, its tmpfs pages, and the kernel memory of its files
+   and directories, which is what bounds their number): a memory cgroup per concurrent run slot
+   (`MemoryCgroups`, cgroup v1 ``memory``, where the caller may create one: root with a writable hierarchy);
+   without one the sum is bounded only by MAX_TASKS x RLIMIT_AS, as `Isolation.describe` says. Wall clock: the caller kills ``bwrap`` at the deadline; the kernel tears down the PID
    namespace and frees the tmpfs (no walk over the candidate's files in the caller).
 6. **Verdict channel.** Only the judge holds the result pipe to the caller; the candidate holds two pipes to
    the judge and nothing else (all other fds closed before its code runs).
@@ -49,13 +52,14 @@ The Landlock part runs inside the sandbox (standard library only: this module is
 the caller.
 """
 
-import ctypes
+import _ctypes
 import errno
 import functools
 import os
 import sys
 
-# subprocess and shutil are imported by the caller-side functions: the judge imports this module at start-up
+# subprocess and shutil are imported by the caller-side functions, and `ctypes` is not used at all (12 ms of
+# start-up): the candidate makes its Landlock calls through `_ctypes` (`_libc_function`).
 
 #: the environment variable that opts out of isolation (value ``none``) for trusted code
 OPT_OUT_ENV = "RL2F_SANDBOX_ISOLATION"
@@ -81,63 +85,144 @@ class SandboxUnavailable(RuntimeError):
     """The kernel cannot isolate candidate code here; the message says what is missing and how to opt out."""
 
 
-def _syscall():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
+class _Long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class _Libc:
+    _handle = _ctypes.dlopen(None)
+
+
+def _libc_function(name):
+    """libc's `name` as a callable taking and returning C longs (bytes arguments pass as pointers), errno kept."""
+    class Function(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = _Long
+
+    function = Function((name, _Libc))
+
+    def call(*args):
+        return function(*(a if isinstance(a, bytes) or a is None else _Long(a) for a in args))
+
+    return call
 
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 if Landlock is not available."""
-    abi = _syscall().syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
-    return max(0, abi)
+    return max(0, _libc_function("syscall")(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION))
 
 
 def restrict_candidate(read_paths, write_paths) -> None:
     """Put this process (and every process it creates) in a Landlock domain: read+execute under `read_paths`,
     read+write under `write_paths`, no other filesystem access, no ptrace of processes outside the domain and
     (ABI >= 6) no signals or abstract unix sockets to them. Raises OSError if the kernel refuses."""
-    libc = _syscall()
+    syscall, prctl = _libc_function("syscall"), _libc_function("prctl")
     abi = landlock_abi()
     if abi < 1:
         raise OSError(errno.ENOSYS, "Landlock is not available")
     fs_all = _FS_RIGHTS_BY_ABI[max(k for k in _FS_RIGHTS_BY_ABI if k <= abi)]
     attr = [fs_all, _NET_BIND_CONNECT_TCP if abi >= 4 else 0, _SCOPE_ABSTRACT_UNIX_SIGNAL if abi >= 6 else 0]
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    buf = (ctypes.c_uint64 * 3)(*attr)
-    ruleset = libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(size), ctypes.c_uint32(0))
+    ruleset = syscall(_SYS_CREATE_RULESET, b"".join(x.to_bytes(8, sys.byteorder) for x in attr), size, 0)
     if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+        raise OSError(_ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
         read_exec = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
         for path, rights in [(p, read_exec) for p in read_paths] + [(p, fs_all) for p in write_paths]:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 allowed = rights if os.path.isdir(path) else rights & _FILE_RIGHTS
-                rule = ctypes.create_string_buffer(allowed.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder, signed=True))
-                if libc.syscall(_SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), rule,
-                                ctypes.c_uint32(0)) < 0:
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule {path} failed")
+                rule = allowed.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder, signed=True)  # packed
+                if syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, 0) < 0:
+                    raise OSError(_ctypes.get_errno(), f"landlock_add_rule {path} failed")
             finally:
                 os.close(fd)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-        if libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) < 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+        if prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(_ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if syscall(_SYS_RESTRICT_SELF, ruleset, 0) < 0:
+            raise OSError(_ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
 
 
 # ------------------------------------------------------------------------------------------ caller side
+class MemoryCgroups:
+    """One cgroup v1 ``memory`` group per concurrent run slot, below the caller's own group, owned by the sandbox
+    uid so that the run's first process can enter it (`enter_argv`). Removed when the caller exits."""
+
+    def __init__(self, base: str, uid):
+        self.base, self.uid, self.made = base, uid, set()
+
+    @classmethod
+    def find(cls, uid):
+        """The slots' parent directory, or None where the caller cannot create memory cgroups (cgroup v2 only,
+        a read-only hierarchy, not root)."""
+        if uid is None:
+            return None
+        mount = "/sys/fs/cgroup/memory"
+        try:
+            with open("/proc/self/cgroup") as f:
+                own = next(line.split(":", 2)[2].strip() for line in f if line.split(":")[1] == "memory")
+        except (OSError, StopIteration, IndexError):
+            return None
+        base = os.path.join(mount, own.lstrip("/"), f"rl2f-sandbox-{os.getpid()}")
+        try:
+            os.makedirs(base, exist_ok=True)
+        except OSError:
+            return None
+        groups = cls(base, uid)
+        import atexit
+
+        atexit.register(groups.remove)
+        return groups
+
+    def slot(self, k: int, limit_mb: int) -> str:
+        """The directory of slot `k` with its limit set (created on first use)."""
+        path = os.path.join(self.base, f"slot{k}")
+        if path not in self.made:
+            os.makedirs(path, exist_ok=True)
+            for name in ("cgroup.procs", "tasks"):
+                os.chown(os.path.join(path, name), self.uid, self.uid)
+            self.made.add(path)
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(int(limit_mb) << 20))
+        return path
+
+    def enter_argv(self, slot_dir: str) -> list:
+        """A prefix that moves the process into the slot, then execs the rest of the command."""
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', os.path.join(slot_dir, "cgroup.procs")]
+
+    def remove(self):
+        """rmdir the slots (retried for a second: the last runs' processes may still be exiting)."""
+        import time
+
+        deadline = time.monotonic() + 1.0
+        for path in sorted(self.made) + [self.base]:
+            while True:
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+
+
 class Isolation:
     """How to start one run on this machine: `command` builds the bwrap argv; `popen_kwargs` the identity."""
 
-    def __init__(self, bwrap, python, view, uid):
-        self.bwrap, self.python, self.view, self.uid = bwrap, python, tuple(view), uid
+    def __init__(self, bwrap, python, view, uid, memory=None):
+        self.bwrap, self.python, self.view, self.uid, self.memory = bwrap, python, tuple(view), uid, memory
 
-    def command(self, program_fds: dict, disk_mb: int) -> list:
-        """argv of one run: `program_fds` maps file names (copied into PROGRAM_DIR) to readable fds."""
-        cmd = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+    def command(self, program_fds: dict, disk_mb: int, slot: int = 0, memory_mb: int = 0) -> list:
+        """argv of one run: `program_fds` maps file names (copied into PROGRAM_DIR) to readable fds; with a memory
+        cgroup, run slot `slot` holds the whole run to `memory_mb` (plus the two tmpfs)."""
+        cmd = []
+        if self.memory is not None and memory_mb:
+            cmd = self.memory.enter_argv(self.memory.slot(slot, memory_mb + disk_mb + JUDGE_DISK_MB))
+        cmd += [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
                "--die-with-parent", "--new-session", "--clearenv", "--setenv", "LANG", "C.UTF-8",
                "--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", WORK_DIR]
         for link in ("/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin"):  # merged-/usr symlinks, as on the host
@@ -160,7 +245,9 @@ class Isolation:
 
     def describe(self) -> dict:
         return {"isolation": "kernel", "bwrap": self.bwrap, "python": self.python, "uid": self.uid or os.getuid(),
-                "view": list(self.view), "landlock_abi": landlock_abi(), "max_tasks": MAX_TASKS}
+                "view": list(self.view), "landlock_abi": landlock_abi(), "max_tasks": MAX_TASKS,
+                "run_memory": f"memory cgroup {self.memory.base}/slot<k>" if self.memory else
+                              "no memory cgroup here: the sum is bounded by max_tasks x RLIMIT_AS only"}
 
 
 def _sandbox_uid():
@@ -242,9 +329,12 @@ def isolation():
                                  f"code only: {OPT_OUT_ENV}=none")
     uid = _sandbox_uid()
     python = _sandbox_python(uid)
-    iso = Isolation(bwrap, python, view_paths(python, uid), uid)
-    check = subprocess.run(iso.command({}, 1) + ["-c", "print('ok')"], capture_output=True, text=True, timeout=30,
-                           **iso.popen_kwargs())
+    iso = Isolation(bwrap, python, view_paths(python, uid), uid, MemoryCgroups.find(uid))
+    try:
+        check = subprocess.run(iso.command({}, 1) + ["-c", "print('ok')"], capture_output=True, text=True,
+                               timeout=30, **iso.popen_kwargs())
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"cannot run {bwrap} as the sandbox uid: {exc}") from exc
     if check.returncode != 0 or check.stdout.strip() != "ok":
         raise SandboxUnavailable(
             f"bubblewrap cannot create the sandbox here ({check.stderr.strip()[:300] or check.returncode}); it needs "

@@ -17,6 +17,7 @@ import pytest
 
 from reward_fns.code_sandbox import CodeGroundTruthError, parse_code_ground_truth, run_code, verify_code
 from reward_fns.extraction import last_code_block
+from sandbox_host_checks import no_sandbox_processes, own_sandbox_uid
 
 ADD_TESTS = {
     "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
@@ -107,35 +108,14 @@ def test_concurrent_runs():
 
 
 # --------------------------------------------------------------------------------------------- hostile
-def _sandbox_processes() -> list[int]:
-    """pids of processes that belong to a sandbox run (runner command line or cwd in a sandbox dir)."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if b"_sandbox_runner.py" in cmd or "rl2f-sbx-" in cwd:
-            pids.append(int(pid))
-    return pids
+@pytest.fixture(scope="module", autouse=True)
+def sandbox_uid_of_this_module():
+    with own_sandbox_uid():  # "no process left" then means none of this module's runs
+        yield
 
 
 def _sandbox_dirs() -> set[str]:
     return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("rl2f-sbx-")}
-
-
-def _no_sandbox_processes(within: float = 2.0) -> bool:
-    """The kernel ends a run's PID namespace asynchronously: allow it a moment."""
-    deadline = time.monotonic() + within
-    while _sandbox_processes():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 OUTSIDE = os.path.join(tempfile.gettempdir(), f"rl2f_sandbox_escape_{os.getpid()}.txt")
@@ -173,7 +153,7 @@ def test_hostile_code(name):
         assert v.details["status"] == status, (v.reason, v.details)
         assert v.reason
         assert elapsed < 3.0 + 1.0, elapsed  # the limit holds within a second, teardown included
-        assert _no_sandbox_processes(), "sandbox processes left behind"
+        assert no_sandbox_processes(), "sandbox processes left behind"
         assert _sandbox_dirs() <= dirs_before, "sandbox temp dir left behind"
         if name == "write_outside":
             assert not os.path.exists(OUTSIDE)
@@ -244,4 +224,4 @@ def test_lingering_thread_after_passing_tests_is_killed():
     v = verify_code(block(code), ADD_TESTS, timeout=T)
     assert v.score == 1.0, v.details
     assert time.monotonic() - t0 < T
-    assert _no_sandbox_processes()
+    assert no_sandbox_processes()
