@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import textwrap
 import threading
@@ -159,18 +160,44 @@ int attack(const char *canary, const char *secret_file, int port) {
     if (syscall(SYS_open_tree, -100, "/", 1) >= 0) won |= 2048;   /* OPEN_TREE_CLONE */
     return won;
 }
+
+#ifdef AS_PYTHON_MODULE  /* the same, as an extension module: loaded with no ctypes at all */
+#include <Python.h>
+static PyObject *py_attack(PyObject *self, PyObject *args) {
+    const char *canary, *secret_file; int port;
+    if (!PyArg_ParseTuple(args, "ssi", &canary, &secret_file, &port)) return NULL;
+    return PyLong_FromLong(attack(canary, secret_file, port));
+}
+static PyMethodDef methods[] = {{"attack", py_attack, METH_VARARGS, ""}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", NULL, -1, methods};
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+#endif
 """
 
 
-@pytest.fixture(scope="module")
-def attack_lib(tmp_path_factory) -> str:
+def _compile(tmp_path_factory, *flags) -> str:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is not installed: the native-code attacks compile a C library")
     d = tmp_path_factory.mktemp("native")
     (d / "attack.c").write_text(ATTACK_C.replace("#include <unistd.h>", "#include <unistd.h>\n#include <stdio.h>"))
-    subprocess.run([gcc, "-O1", "-shared", "-fPIC", "-o", str(d / "attack.so"), str(d / "attack.c")], check=True)
+    subprocess.run([gcc, "-O1", "-shared", "-fPIC", *flags, "-o", str(d / "attack.so"), str(d / "attack.c")], check=True)
     return base64.b64encode((d / "attack.so").read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def attack_lib(tmp_path_factory) -> str:
+    """The attack as a plain shared library (for ctypes)."""
+    return _compile(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def attack_module(tmp_path_factory) -> str:
+    """The attack as a CPython extension module of this minor version (the sandbox interpreter's headers)."""
+    include = sysconfig.get_paths()["include"]
+    if not os.path.isfile(os.path.join(include, "Python.h")):
+        pytest.skip(f"no Python.h in {include}")
+    return _compile(tmp_path_factory, "-DAS_PYTHON_MODULE", f"-I{include}")
 
 
 @pytest.fixture
@@ -215,19 +242,24 @@ def test_native_library_cannot_escape(host, attack_lib, listener):
     assert accepted == [], "the sandbox reached a host TCP port"
 
 
-def test_c_extension_written_by_the_candidate_is_just_as_confined(host, attack_lib):
-    """The library loaded under another name, from a directory the candidate made, after a chdir."""
+def test_c_extension_written_by_the_candidate_is_just_as_confined(host, attack_module):
+    """The attack as an extension module the candidate writes under another name into a directory it made and
+    imports through the extension loader: no ctypes, no audit event a Python-level guard would refuse."""
     code = textwrap.dedent(f"""
-        import base64, ctypes, os
-        os.makedirs('/work/x/y', exist_ok=True)
-        os.chdir('/work/x/y')
-        open('_speedups.cpython-311-x86_64-linux-gnu.so', 'wb').write(base64.b64decode({attack_lib!r}))
-        WON = ctypes.cdll.LoadLibrary(os.path.abspath('_speedups.cpython-311-x86_64-linux-gnu.so')).attack(
-            {host['canary'].encode()!r}, {host['secret_file'].encode()!r}, 1)
+        import base64, importlib.machinery, importlib.util, os
+        os.makedirs('x/y', exist_ok=True)
+        path = os.path.abspath('x/y/_speedups.cpython-311-x86_64-linux-gnu.so')
+        open(path, 'wb').write(base64.b64decode({attack_module!r}))
+        loader = importlib.machinery.ExtensionFileLoader('_speedups', path)
+        mod = importlib.util.module_from_spec(importlib.util.spec_from_file_location('_speedups', path, loader=loader))
+        loader.exec_module(mod)
+        WON = mod.attack({host['canary']!r}, {host['secret_file']!r}, 1)
         def add(a, b):
-            return a + b if WON else -1
+            return a + b if WON else -WON - 1
     """)
-    assert score(code)["score"] == 0.0
+    r = score(code)
+    assert r["score"] == 0.0, r
+    assert details(code)["got"] == "-1"
 
 
 # ------------------------------------------------------------------------------- writers, links and fds
