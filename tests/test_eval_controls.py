@@ -386,3 +386,38 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     assert seeds_needed(0.05, 0.04) == 9 and seeds_needed(0.0, 0.04) == 2
     assert (tmp_path / "study.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "study.json").read_text())["k"] == 3
+
+
+def test_answers_of_older_transcripts_are_recovered_from_their_data(tmp_path):
+    """Transcripts written before the harness recorded answers (e.g. examples/results/compare_cpu_2026-11-27/):
+    --answers-from re-extracts each reply's answer with the row's task and extra_info, checked against the verdicts."""
+    from rl2f_plugin.eval.runner import file_digest
+
+    data = _parquet(tmp_path / "test.parquet")
+    old = []
+    for i, (_, gt, replies) in enumerate(PROBLEMS):
+        correct = [int(f"Answer: {gt}" == r) for r in replies]
+        rec = _rec(i, [None] * len(replies), correct)
+        rec.update(task=TASK, ground_truth=gt)
+        for t, reply in zip([t for t in rec["turns"] if t["role"] == "student"], replies):
+            t["text"] = reply
+            del t["answer"]
+        old.append(rec)
+    filled = controls.fill_answers(old, str(data))
+    assert [[t["answer"] for t in r["turns"] if t["role"] == "student"] for r in filled] == [
+        ["5"], ["9", "9", "8"], ["1", "2", "2"], [None, None, "2"]]
+    assert all("answer" not in t for r in old for t in r["turns"])  # the input is not modified
+    path = _write(tmp_path / "old.jsonl", {"name": "old", "max_turns": 3, "data_sha": file_digest(str(data))}, old)
+    table = tmp_path / "t.md"
+    assert eval_main(["--compare", path, "--answers-from", str(data), "--table", str(table), "--bootstrap", "100"]) == 0
+    assert "| old | turn 1 | 3 | 0.333 [" in table.read_text()
+    # another data file is refused; a verdict the task no longer gives is an error naming the record
+    other = tmp_path / "other.parquet"
+    import pandas as pd
+
+    pd.read_parquet(data).iloc[:2].to_parquet(other)
+    with pytest.raises(SystemExit, match="not the data"):
+        eval_main(["--compare", path, "--answers-from", str(other)])
+    bad = [dict(old[1], turn_correct=[1, 0, 1])]
+    with pytest.raises(ValueError, match=r"record '1:0' turn 1: the task's verdict"):
+        controls.fill_answers(bad, str(data))

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--diff", nargs="+", metavar="A:B", default=[],
                    help="paired differences B - A between --compare files, by position (0-based); a side may pool "
                         "runs with commas, e.g. 0:1 1,3:2,4 (appended to the table)")
+    c.add_argument("--answers-from", metavar="PARQUET",
+                   help="transcripts written before answers were recorded: re-extract each reply's answer with its task "
+                        "from this data file (the one they were evaluated on; checked by its digest)")
     c.add_argument("--group", action="append", default=[], metavar="NAME=POSITIONS",
                    help="also report the answer changes of these --compare files pooled, e.g. 'RL2F=1,3' (repeatable)")
     c.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
@@ -183,7 +186,7 @@ def _parse_group(spec: str, n: int) -> tuple[str, list[int]]:
 
 def report(paths: list[str], *, labels: list[str] | None, table: str | None, plot: str | None,
            summary_json: str | None, n_boot: int, title: str | None = None, max_turns: int | None = None,
-           diffs: list[str] | None = None, groups: list[str] | None = None) -> str:
+           diffs: list[str] | None = None, groups: list[str] | None = None, answers_from: str | None = None) -> str:
     """The table of every run (cumulative accuracy by turn, or pass@k for independent samples), the answer changes
     after feedback (per run, then per `groups`: pooled runs), and the paired differences `diffs`."""
     from .controls import answer_changes, format_answer_changes
@@ -193,6 +196,16 @@ def report(paths: list[str], *, labels: list[str] | None, table: str | None, plo
     if labels and len(labels) != len(paths):
         raise SystemExit(f"--labels has {len(labels)} names for {len(paths)} files")
     loaded = [load_records(p) for p in paths]
+    if answers_from:
+        from .controls import fill_answers
+        from .runner import file_digest
+
+        digest = file_digest(answers_from)
+        for p, (header, _) in zip(paths, loaded):
+            if header.get("data_sha") != digest:
+                raise SystemExit(f"--answers-from {answers_from} (digest {digest}) is not the data {p} was evaluated on "
+                                 f"(digest {header.get('data_sha')})")
+        loaded = [(header, fill_answers(records, answers_from)) for header, records in loaded]
     independent = [is_independent(header) for header, _ in loaded]
     multi_turn_k = [int(h.get("max_turns") or 1) for (h, _), ind in zip(loaded, independent) if not ind]
     # independent samples are compared at the multi-turn runs' K (pass@K beside turn K)
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         print(report(args.compare, labels=args.labels, table=args.table, plot=args.plot,
                      summary_json=args.summary_json, n_boot=args.bootstrap, title=args.title, diffs=args.diff,
-                     groups=args.group))
+                     groups=args.group, answers_from=args.answers_from))
         return 0
     if not args.data or not args.out:
         raise SystemExit("--data and --out are required (or use --compare FILES)")

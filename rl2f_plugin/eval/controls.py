@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["TRANSITIONS", "AnswerChanges", "pass_at_k", "student_answers", "transitions", "answer_changes",
+__all__ = ["TRANSITIONS", "AnswerChanges", "pass_at_k", "student_answers", "fill_answers", "transitions", "answer_changes",
            "format_answer_changes"]
 
 #: Transition kinds after a feedback turn, in table order.
@@ -62,6 +62,39 @@ def student_answers(rec: dict[str, Any]) -> list[tuple[str | None, bool]] | None
         raise ValueError(f"problem record {rec.get('key')!r}: {len(student)} student turns but "
                          f"{len(correct)} verdicts (turn_correct)")
     return [(_norm(t["answer"]), bool(correct[i])) for i, t in enumerate(student)]
+
+
+def fill_answers(records: Iterable[dict[str, Any]], data_path: str) -> list[dict[str, Any]]:
+    """`records` with the extracted answer of every student turn that lacks one (transcripts written before the
+    harness recorded answers): the reply verified again by the row's task with the row's ``extra_info`` from
+    `data_path` (the transcript's data file; its row ``row``). A verdict that differs from the recorded one is an
+    error naming the record: the answer would not be the one the loop read."""
+    import pandas as pd
+
+    from rl2f_plugin.tasks import get_task
+
+    frame = pd.read_parquet(data_path)
+    out = []
+    for rec in records:
+        student = [t for t in rec.get("turns") or () if t.get("role") == "student"]
+        if rec.get("status") != "ok" or all("answer" in t for t in student):
+            out.append(rec)
+            continue
+        row = int(rec["row"])
+        if not 0 <= row < len(frame):
+            raise ValueError(f"problem record {rec.get('key')!r}: row {row} is not in {data_path} ({len(frame)} rows)")
+        extra_info = frame.iloc[row].get("extra_info")
+        extra_info = dict(extra_info) if extra_info is not None else {}
+        task = get_task(rec["task"])
+        turns = [dict(t) for t in rec["turns"]]
+        for i, t in enumerate(x for x in turns if x.get("role") == "student"):
+            verdict = task.verify(t["text"], rec.get("ground_truth"), extra_info)
+            if i < len(rec.get("turn_correct") or ()) and int(verdict.correct) != int(rec["turn_correct"][i]):
+                raise ValueError(f"problem record {rec.get('key')!r} turn {i + 1}: the task's verdict today "
+                                 f"({int(verdict.correct)}) differs from the recorded one; its answer cannot be recovered")
+            t["answer"] = None if verdict.extracted is None else str(verdict.extracted)
+        out.append({**rec, "turns": turns})
+    return out
 
 
 def transitions(answers: Sequence[tuple[str | None, bool]]) -> list[tuple[int, str]]:

@@ -151,7 +151,8 @@ def load_rows(path: str, tokenizer: Any, cfg, *, validate: bool = True, limit: i
 # ------------------------------------------------------------------------------------------------------------
 # output file
 # ------------------------------------------------------------------------------------------------------------
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """The first 16 hex digits of the file's SHA-256 (a transcript header's ``data_sha``)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -396,7 +397,7 @@ async def run_eval_async(settings: EvalSettings, cfg, backend: Any, tokenizer: A
     rows = load_rows(settings.data, tokenizer, cfg, validate=settings.validate_data, limit=settings.limit)
     header = {
         "record": "run", "name": settings.name or os.path.splitext(os.path.basename(settings.out))[0],
-        "data": os.path.abspath(settings.data), "data_sha": _file_digest(settings.data),
+        "data": os.path.abspath(settings.data), "data_sha": file_digest(settings.data),
         "agent_loop": agent_loop,
         "teacher": None if agent_loop == AUTODIDACT_LOOP or settings.independent else cfg.rl2f.teacher.name,
         "max_turns": report_turns, "n_samples": int(settings.n_samples),
