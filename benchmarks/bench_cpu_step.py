@@ -82,8 +82,8 @@ def prepare(work: Path) -> tuple[str, Path]:
     return model, data
 
 
-def run(recipe: str, steps: int, model: str, data: Path, work: Path, extra: list[str]) -> dict:
-    out = work / recipe
+def run(recipe: str, steps: int, model: str, data: Path, work: Path, extra: list[str], label: str = "") -> dict:
+    out = work / (f"{recipe}.{label}" if label else recipe)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VERL_PLATFORM": "cpu", "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
            "VERL_FILE_LOGGER_PATH": str(out / "metrics.jsonl"), "RL2F_CPU_ROLLOUT_LOG": str(out / "rollout.jsonl"),
@@ -122,8 +122,13 @@ def run(recipe: str, steps: int, model: str, data: Path, work: Path, extra: list
     for part, keys in PARTS.items():
         shares[part] = statistics.mean(sum(float(m.get(k, 0.0)) for k in keys) / float(m["timing_s/step"]) for m in steady)
     shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+    # padding share of a padded forward: 1 - mean / max sequence length (prompt + response, verl's length metrics);
+    # what remove-padding stops computing (a micro-batch's own max is <= the step's, so this is an upper bound)
+    seq_mean = statistics.mean(float(m["prompt_length/mean"]) + float(m["response_length/mean"]) for m in steady)
+    seq_max = statistics.mean(float(m["prompt_length/max"]) + float(m["response_length/max"]) for m in steady)
     return {
-        "recipe": recipe, "steps": steps, "wall_s": round(wall, 1),
+        "recipe": recipe, "variant": label, "steps": steps, "wall_s": round(wall, 1),
+        "load_avg": os.getloadavg(), "padding_share": round(1.0 - seq_mean / seq_max, 3),
         "step1_s": round(float(metrics[min(metrics)]["timing_s/step"]), 2),
         "step_s": round(step_s, 2),
         "tokens_per_step": statistics.mean(float(m.get("perf/total_num_tokens", 0)) for m in steady),
@@ -140,21 +145,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default="rlvr_cpu,rl2f_cpu")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
+                   help="run every recipe once per variant (its Hydra overrides added), back to back; repeatable. "
+                        "Ratios are then against the first variant of the same recipe")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     a = p.parse_args(argv)
+    variants = [(v.split("=", 1)[0], [o for o in v.split("=", 1)[1].split(",") if o]) for v in a.variant] or [("", [])]
     work = Path(a.workdir or tempfile.mkdtemp(prefix="rl2f_bench_cpu_"))
     model, data = prepare(work)
     print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}  workdir: {work}")
-    results = [run(r, a.steps, model, data, work, a.overrides) for r in a.recipes.split(",")]
-    base = next((r for r in results if r["recipe"] == "rlvr_cpu"), results[0])
-    print(f"\n{'recipe':10} {'s/step':>8} {'step1 s':>8} {'x base':>7} {'tokens':>7} {'gen':>6} {'logprob':>8} "
-          f"{'update':>7} {'sync':>6} {'other':>6} {'peak GB':>8} {'actor GB':>9} {'rollout GB':>11}")
+    results = [run(r, a.steps, model, data, work, a.overrides + extra, label)
+               for r in a.recipes.split(",") for label, extra in variants]
+    print(f"\n{'recipe':10} {'variant':8} {'s/step':>8} {'step1 s':>8} {'x base':>7} {'tokens':>7} {'pad':>5} {'gen':>6} "
+          f"{'logprob':>8} {'update':>7} {'sync':>6} {'other':>6} {'peak GB':>8} {'actor GB':>9} {'rollout GB':>11}  load")
     for r in results:
+        if len(variants) > 1:  # against the first variant of the same recipe
+            base = next(b for b in results if b["recipe"] == r["recipe"])
+        else:
+            base = next((b for b in results if b["recipe"] == "rlvr_cpu"), results[0])
         s = r["shares"]
-        print(f"{r['recipe']:10} {r['step_s']:8.1f} {r['step1_s']:8.1f} {r['step_s'] / base['step_s']:7.2f} "
-              f"{r['tokens_per_step']:7.0f} {s['generation']:6.0%} {s['log_prob']:8.0%} {s['update']:7.0%} "
-              f"{s['weight_sync']:6.0%} {s['other']:6.0%} {r['peak_tree_rss_gb']:8.2f} {r['peak_actor_rss_gb']:9.2f} "
-              f"{r['peak_rollout_rss_gb']:11.2f}")
+        print(f"{r['recipe']:10} {r['variant']:8} {r['step_s']:8.1f} {r['step1_s']:8.1f} {r['step_s'] / base['step_s']:7.2f} "
+              f"{r['tokens_per_step']:7.0f} {r['padding_share']:5.0%} {s['generation']:6.0%} {s['log_prob']:8.0%} "
+              f"{s['update']:7.0%} {s['weight_sync']:6.0%} {s['other']:6.0%} {r['peak_tree_rss_gb']:8.2f} "
+              f"{r['peak_actor_rss_gb']:9.2f} {r['peak_rollout_rss_gb']:11.2f}  {r['load_avg'][0]:.1f}")
     print(f"load average after: {os.getloadavg()}")
     if a.json:
         Path(a.json).write_text(json.dumps({"load_avg": os.getloadavg(), "results": results}, indent=2))

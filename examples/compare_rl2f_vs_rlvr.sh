@@ -52,6 +52,11 @@ train() {  # $1 = recipe
       trainer.total_training_steps="$STEPS" trainer.save_freq="$STEPS" \
       trainer.default_local_dir="$dir/checkpoints" trainer.experiment_name="compare_$recipe" \
       "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]" "$@" 2>&1 | tee "$dir/train.log"
+  # the evaluation needs the last step's checkpoint: say so here rather than with a missing-model error later
+  if [[ "${DRY_RUN:-0}" != 1 && ! -f "$hf/config.json" ]]; then
+    echo "[compare] error: $recipe wrote no checkpoint at $hf (did the run stop before step $STEPS? see $dir/train.log)" >&2
+    exit 1
+  fi
 }
 
 echo "[compare] 2/4 training (same base model, same data, same steps)"

@@ -47,11 +47,11 @@ CPU_MUST_CHANGE = [
     "actor_rollout_ref.rollout.agent.num_workers=1", "reward.num_workers=1", "data.dataloader_num_workers=0",
     # attention: flash-attn's varlen kernel does not exist on CPU (remove-padding stays on)
     "+actor_rollout_ref.model.override_config.attn_implementation=rl2f_packed_sdpa",
+    # FSDP1 (verl's default strategy) needs an accelerator: FSDP2, as the CPU recipes
+    "actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.actor.fsdp_config.strategy=fsdp2",
+    "actor_rollout_ref.ref.fsdp_config.strategy=fsdp2",
     # precision: fp32 actor (no bf16 autocast on the CPU actor; the CPU recipes' measured setting)
-    "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
-    "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
-    "actor_rollout_ref.actor.fsdp_config.mixed_precision.reduce_dtype=fp32",
-    "actor_rollout_ref.actor.fsdp_config.mixed_precision.buffer_dtype=fp32",
+    "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
     # model and data size: 2 prompts a step (GRPO groups of the recipe's 8), one mini-batch, short replies
     "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2", "data.max_prompt_length=128",
 ]
