@@ -132,9 +132,26 @@ def parse_code_ground_truth(ground_truth: Any) -> dict:
     raise CodeGroundTruthError(f"code ground truth needs 'tests' (+ 'entry_point') or 'io'; got keys {sorted(gt)}")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL `proc`'s process group (``bwrap`` and, without isolation, the judge and its candidates) and reap
-    `proc`. In the sandbox the kernel then ends the PID namespace: every process of the run dies with it."""
+def _end_run(proc: subprocess.Popen, info_fd: int | None, grace: float) -> None:
+    """Let the run end by itself within `grace` seconds (the judge leaves once its stdin is closed), else end
+    it: SIGKILL the sandbox's init (the kernel then kills every process of its PID namespace, and bwrap reaps
+    it and exits), then, if bwrap is still there, its process group; finally reap bwrap. Without isolation the
+    process group is the judge and its candidates."""
+    try:
+        proc.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    init_pid = None
+    if info_fd is not None and select.select([info_fd], [], [], 0)[0]:
+        init_pid = sandbox_isolation.sandbox_init_pid(os.read(info_fd, 4096))
+    if init_pid is not None:
+        try:
+            os.kill(init_pid, signal.SIGKILL)
+            proc.wait(timeout=0.5)
+            return
+        except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -374,9 +391,9 @@ def _program_fds(python: str) -> dict[str, int]:
     return fds
 
 
-def _launch(job: dict, iso, result_fd: int, errf, slot: int) -> tuple[subprocess.Popen, str | None]:
-    """Start the judge (in the sandbox when `iso`); returns it and the host dir to remove afterwards (only
-    without isolation: the sandbox's dirs are tmpfs that vanish with it)."""
+def _launch(job: dict, iso, result_fd: int, errf, slot: int) -> tuple[subprocess.Popen, str | None, int | None]:
+    """Start the judge (in the sandbox when `iso`); returns it, the host dir to remove afterwards (only without
+    isolation: the sandbox's dirs are tmpfs that vanish with it) and the read end of bwrap's ``--info-fd``."""
     if iso is None:
         host_dir = tempfile.mkdtemp(prefix="rl2f-sbx-")
         job.update(judge_dir=os.path.join(host_dir, "judge"), work_dir=os.path.join(host_dir, "work"),
@@ -386,20 +403,28 @@ def _launch(job: dict, iso, result_fd: int, errf, slot: int) -> tuple[subprocess
         env = {"HOME": job["work_dir"], "TMPDIR": job["work_dir"], "LANG": "C.UTF-8"}
         return subprocess.Popen([sys.executable, "-I", "-B", "-S", _RUNNER, str(result_fd)], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=errf, cwd=job["work_dir"], env=env,
-                                pass_fds=(result_fd,), start_new_session=True), host_dir
+                                pass_fds=(result_fd,), start_new_session=True), host_dir, None
     job.update(judge_dir=sandbox_isolation.JUDGE_DIR, work_dir=sandbox_isolation.WORK_DIR,
                read_paths=list(iso.view) + ["/dev/urandom", "/dev/zero"],
                write_paths=[sandbox_isolation.WORK_DIR, "/dev/null"])
     fds = _program_fds(iso.python)
+    info_r, info_w = os.pipe()
     try:
-        cmd = iso.command(fds, DISK_MB, slot, RUN_MEMORY_FACTOR * int(job["memory_mb"])) + [
+        cmd = iso.command(fds, DISK_MB, slot, RUN_MEMORY_FACTOR * int(job["memory_mb"]), info_w) + [
             f"{sandbox_isolation.PROGRAM_DIR}/_sandbox_runner.pyc", str(result_fd)]
-        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf, cwd="/",
-                                env={"LANG": "C.UTF-8"}, pass_fds=(result_fd, *fds.values()), start_new_session=True,
-                                **iso.popen_kwargs()), None
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf, cwd="/",
+                                env={"LANG": "C.UTF-8"}, pass_fds=(result_fd, info_w, *fds.values()),
+                                start_new_session=True, **iso.popen_kwargs())
+    except OSError as exc:  # bwrap went away since the probe: the machine changed, not the candidate's doing
+        os.close(info_r)
+        raise SandboxUnavailable(f"cannot start the sandbox ({cmd[0]}): {exc}") from exc
+    except BaseException:
+        os.close(info_r)
+        raise
     finally:
-        for fd in fds.values():
+        for fd in (*fds.values(), info_w):
             os.close(fd)
+    return proc, None, info_r
 
 
 def _remove_host_dir(path: str) -> None:
@@ -414,13 +439,13 @@ def _run_job(job: dict, iso, wall: float, expected: list[str], n_tests: int | No
     start = time.monotonic()
     deadline = start + wall
     r_fd, w_fd = os.pipe()
-    proc = host_dir = None
+    proc = host_dir = info_fd = None
     progress = _Progress(expected, n_tests)
     timed_out = finished = False
     stderr_tail = ""
     try:
         with tempfile.TemporaryFile() as errf:
-            proc, host_dir = _launch(job, iso, w_fd, errf, slot)
+            proc, host_dir, info_fd = _launch(job, iso, w_fd, errf, slot)
             os.close(w_fd)
             w_fd = -1
             try:  # length-prefixed; stdin then stays open: closing it tells the judge to end the run
@@ -453,15 +478,19 @@ def _run_job(job: dict, iso, wall: float, expected: list[str], n_tests: int | No
                 proc.stdin.close()
             except OSError:
                 pass
-            try:
-                proc.wait(timeout=0.2 if finished or timed_out else max(0.2, min(0.5, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                timed_out = not finished
+            if not finished and not timed_out:  # the judge ended without a verdict, or stopped reporting
+                try:
+                    proc.wait(timeout=max(0.2, min(0.5, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+            _end_run(proc, info_fd, grace=0.2)
             errf.seek(0)
             stderr_tail = errf.read(4096).decode("utf-8", "replace")
     finally:
-        if proc is not None:
-            _kill_group(proc)
+        if proc is not None and proc.returncode is None:
+            _end_run(proc, info_fd, grace=0.0)
+        if info_fd is not None:
+            os.close(info_fd)
         if w_fd >= 0:
             os.close(w_fd)
         os.close(r_fd)

@@ -15,8 +15,10 @@ Guarantees, in the order to check them (each names the mechanism; none relies on
    Nothing of the run is host root, so per-user kernel limits (RLIMIT_NPROC) apply.
 2. **Namespaces (bubblewrap, ``bwrap --unshare-all``).** New user, mount, PID, network, IPC, UTS and cgroup
    namespaces; no capabilities (``--cap-drop ALL``); no further user namespaces (``--disable-userns``); a new
-   session (no terminal injection); SIGKILL to everything in it when the caller's ``bwrap`` dies
-   (``--die-with-parent``, PID namespace teardown). The network namespace has no interface but a down
+   session (no terminal injection); the judge is the PID namespace's init (``--as-pid-1``): when it ends, the
+   kernel kills every process of the run before ``bwrap`` (its parent) can reap it, so nothing outlives the run
+   and no orphan is left for the host's init to reap; SIGKILL to it when ``bwrap``'s caller dies
+   (``--die-with-parent``). The network namespace has no interface but a down
    loopback. ``/proc`` is a fresh procfs of the run's own PID namespace: no host process is visible.
 3. **Filesystem view.** A fresh tmpfs root holding only: read-only binds of the sandbox interpreter, its
    standard library and the shared libraries it loads (`view_paths`), a private ``/dev`` (null, zero,
@@ -216,14 +218,15 @@ class Isolation:
     def __init__(self, bwrap, python, view, uid, memory=None):
         self.bwrap, self.python, self.view, self.uid, self.memory = bwrap, python, tuple(view), uid, memory
 
-    def command(self, program_fds: dict, disk_mb: int, slot: int = 0, memory_mb: int = 0) -> list:
+    def command(self, program_fds: dict, disk_mb: int, slot: int = 0, memory_mb: int = 0, info_fd: int = -1) -> list:
         """argv of one run: `program_fds` maps file names (copied into PROGRAM_DIR) to readable fds; with a memory
-        cgroup, run slot `slot` holds the whole run to `memory_mb` (plus the two tmpfs)."""
+        cgroup, run slot `slot` holds the whole run to `memory_mb` (plus the two tmpfs); bwrap writes the host pid
+        of the sandbox's init to `info_fd` (`sandbox_init_pid`)."""
         cmd = []
         if self.memory is not None and memory_mb:
             cmd = self.memory.enter_argv(self.memory.slot(slot, memory_mb + disk_mb + JUDGE_DISK_MB))
         cmd += [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
-               "--die-with-parent", "--new-session", "--clearenv", "--setenv", "LANG", "C.UTF-8",
+               "--die-with-parent", "--new-session", "--as-pid-1", "--clearenv", *(["--info-fd", str(info_fd)] if info_fd >= 0 else []), "--setenv", "LANG", "C.UTF-8",
                "--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", WORK_DIR]
         for link in ("/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin"):  # merged-/usr symlinks, as on the host
             if os.path.islink(link):
@@ -248,6 +251,18 @@ class Isolation:
                 "view": list(self.view), "landlock_abi": landlock_abi(), "max_tasks": MAX_TASKS,
                 "run_memory": f"memory cgroup {self.memory.base}/slot<k>" if self.memory else
                               "no memory cgroup here: the sum is bounded by max_tasks x RLIMIT_AS only"}
+
+
+def sandbox_init_pid(info: bytes):
+    """The host pid of the sandbox's init from what bwrap wrote to ``--info-fd``, None if not (yet) there.
+    SIGKILL to it ends the run's PID namespace at once, and bwrap (its parent) reaps it: killing bwrap instead
+    would leave the init a zombie for the host's init to reap."""
+    import json
+
+    try:
+        return int(json.loads(info.decode())["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _sandbox_uid():
