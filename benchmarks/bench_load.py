@@ -26,8 +26,11 @@ cores); and the code's own ``rl2f_verify_queue_s`` per trajectory where it has i
 executor's queue, the pool's queue, worker start-up). ``--compare REF`` runs the same workload on the code of git ref ``REF`` (a temporary
 ``git worktree``, in a subprocess) and prints both side by side: REF = before, the working tree = after.
 
+The loop is configured by the GPU recipes' own ``rl2f:`` section (``recipes/_rl2f_didactic.yaml``: the `self`
+teacher, K=4, the leak guard, and every time limit at its default), changed only by ``--set``.
+
 Usage: python benchmarks/bench_load.py [--trajectories 256] [--concurrency 128] [--compare a196c6a]
-       [--student-latency 1 4] [--teacher-latency 1 3] [--json]
+       [--student-latency 1 4] [--teacher-latency 1 3] [--set leak_guard.timeout_s=30] [--json]
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ CODE_REPLIES = ["The square is double the number.\n```python\ndef sq(x):\n    re
                 "Add it to itself.\n```python\ndef sq(x):\n    return x + x\n```",
                 "Multiply it by itself.\n```python\ndef sq(x):\n    return x * x\n```"]
 SOLVED_AT = 3  # every trajectory is scripted to be right at its third reply
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def samples(n: int) -> list[dict]:
@@ -181,6 +185,33 @@ class LogCounter(logging.Handler):
             self.teacher_timeouts += 1
 
 
+def recipe_rl2f(args) -> dict:
+    """The ``rl2f:`` section of the GPU recipes (``--recipe``), with ``--set key=value`` overrides (dotted keys)."""
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.load(args.recipe).get("rl2f") or OmegaConf.create({})
+    for item in args.set:
+        key, value = item.split("=", 1)
+        OmegaConf.update(section, key, _value(value), force_add=True)
+    import dataclasses
+
+    from rl2f_plugin.config import RL2FConfig
+
+    known = {f.name for f in dataclasses.fields(RL2FConfig)}  # the code under --compare may predate a key
+    dropped = sorted(set(section) - known)
+    if dropped:
+        print(f"(keys this code does not have, not applied: {', '.join(dropped)})", file=sys.stderr)
+    return {k: v for k, v in OmegaConf.to_container(section).items() if k in known}
+
+
+def _value(text: str):
+    """A ``--set`` value: JSON (numbers, true/false/null, lists) where it parses, else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def run(args) -> dict:
     from rl2f_plugin import schema
 
@@ -189,8 +220,7 @@ def run(args) -> dict:
     logging.getLogger("verl.utils.tokenizer.continuous_token_wiring").setLevel(logging.ERROR)
     tok = smollm2_tokenizer() if smollm2_dir() else qwen_style_tokenizer()
     model_type = "llama" if smollm2_dir() else "qwen2"
-    cfg = trainer_config(response_length=4096, prompt_length=1024,
-                         rl2f={"max_turns": 4, "teacher": {"name": "self", "max_tokens": 256}},
+    cfg = trainer_config(response_length=8192, prompt_length=1024, rl2f=recipe_rl2f(args),
                          overrides=[f"actor_rollout_ref.rollout.agent.num_workers={args.agent_workers}"])
     rows = samples(args.trajectories)
     outs = []
@@ -241,9 +271,8 @@ def run(args) -> dict:
 
 def run_at(ref: str, argv: list[str]) -> dict:
     """This benchmark on the code of git ref `ref` (a temporary worktree), in a subprocess."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     tree = tempfile.mkdtemp(prefix="rl2f-bench-load-")
-    subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", tree, ref], check=True, capture_output=True)
+    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", tree, ref], check=True, capture_output=True)
     try:
         env = {**os.environ, "PYTHONPATH": tree}
         out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--json"], env=env, cwd=tree,
@@ -252,7 +281,7 @@ def run_at(ref: str, argv: list[str]) -> dict:
             raise RuntimeError(f"the run on {ref} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
     finally:
-        subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", tree], capture_output=True)
+        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], capture_output=True)
 
 
 ROWS = [("correct answers scored 0", "wrongly_scored"), ("verify timeouts", "verify_timeouts"),
@@ -288,6 +317,10 @@ def main(argv=None):
     p.add_argument("--concurrency", type=int, default=128, help="trajectories in flight at once (one worker)")
     p.add_argument("--student-latency", type=float, nargs=2, default=(1.0, 4.0), metavar=("MIN", "MAX"))
     p.add_argument("--teacher-latency", type=float, nargs=2, default=(1.0, 3.0), metavar=("MIN", "MAX"))
+    p.add_argument("--recipe", default=os.path.join(REPO, "recipes", "_rl2f_didactic.yaml"),
+                   help="YAML whose rl2f: section configures the loop (default: the GPU recipes' own)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of that rl2f: section, e.g. --set leak_guard.timeout_s=30")
     p.add_argument("--agent-workers", type=int, default=1,
                    help="agent-loop workers sharing this machine (rollout.agent.num_workers of one node)")
     p.add_argument("--compare", metavar="REF", help="also run the code of git ref REF (before) and print both")

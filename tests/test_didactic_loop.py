@@ -22,7 +22,7 @@ from rl2f_plugin.reward_modes import trajectory_reward
 from rl2f_plugin.teachers import TeacherConfig
 from rl2f_plugin.agent_loops.testing import ScriptedServer, make_loop, qwen_style_tokenizer, smollm2_dir, smollm2_tokenizer, trainer_config
 from rl2f_plugin.tasks import Task, UnknownTaskError, VerifyResult, get_task, register_task
-from rl2f_plugin.teachers import TeacherError
+from rl2f_plugin.teachers import Teacher, TeacherError, register_teacher
 from verl.utils.tokenizer.chat_template import apply_chat_template
 from verl.utils.tokenizer.tokenizer import normalize_token_ids
 
@@ -340,15 +340,25 @@ def test_self_teacher_server_error_falls_back_without_losing_the_trajectory():
         rollout(["4", "5"], [RuntimeError("prompt is longer than the model's context")], rl2f={"on_teacher_error": "raise"})
 
 
+@register_teacher("rl2f_test_slow_endpoint")
+class SlowEndpointTeacher(Teacher):
+    """A teacher whose own endpoint takes 2 s (time generating on the policy's server is not the teacher's time:
+    tests/test_timeouts.py)."""
+
+    async def feedback(self, ctx):
+        await asyncio.sleep(2.0)
+        return "Check the sum again."
+
+
 def test_slow_teacher_times_out_then_raise_policy_gives_a_clear_error():
-    rl2f = {"teacher_timeout_s": 0.05, "on_teacher_error": "raise"}
-    with pytest.raises(TeacherError, match=r"teacher 'self' failed at turn 1: teacher timed out after 0.05s"):
-        rollout(["4", "5"], rl2f=rl2f, server_kwargs={"teacher_latency_s": 2.0})
+    rl2f = {"teacher_timeout_s": 0.05, "on_teacher_error": "raise", "teacher": {"name": "rl2f_test_slow_endpoint"}}
+    with pytest.raises(TeacherError, match=r"teacher 'rl2f_test_slow_endpoint' failed at turn 1: teacher timed out after 0.05s"):
+        rollout(["4", "5"], rl2f=rl2f)
 
 
 def test_slow_teacher_with_stop_policy_ends_the_trajectory_cleanly():
-    out, server, _ = rollout(["4", "5"], rl2f={"teacher_timeout_s": 0.05, "on_teacher_error": "stop"},
-                             server_kwargs={"teacher_latency_s": 2.0})
+    out, server, _ = rollout(["4", "5"], rl2f={"teacher_timeout_s": 0.05, "on_teacher_error": "stop",
+                                               "teacher": {"name": "rl2f_test_slow_endpoint"}})
     ef = out.extra_fields
     assert ef[schema.EF_NUM_STUDENT_TURNS] == 1 and ef["rl2f_teacher_errors"] == 1 and out.reward_score == 0.0
     assert out.response_mask[-1] == 1 and sum(out.feedback_mask) == 0
