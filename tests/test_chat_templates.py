@@ -258,3 +258,34 @@ def test_self_teacher_may_think_when_configured():
     assert calls[0]["prompt_ids"][-len(plain):] == plain
     assert "</think>" not in tok.decode(calls[0]["prompt_ids"][-8:])
     assert tok.decode([t for t, m in zip(out.response_ids, out.feedback_mask) if m]) == "".join(FEEDBACK)
+
+
+@pytest.mark.parametrize("name", ["gemma-3", "mistral"])
+def test_eval_harness_on_an_alternation_template_records_no_errors(tmp_path, name):
+    """What was seen on the embedded model under a Gemma-3-style template (11 of 12 problems failed with
+    "Conversation roles must alternate"): the evaluation harness, 12 problems, K=3, self teacher, a student that is
+    right only at its third turn; every problem now runs all its turns."""
+    import pandas as pd
+
+    from rl2f_plugin.eval.runner import EvalSettings, build_trainer_config, run_eval
+
+    fam = BY_NAME[name]
+    tok = family_tokenizer(name)
+    rows = [{"data_source": "exact", "prompt": [{"role": "user", "content": f"What is {i} + 3? End with 'Answer: <number>'."}],
+             "ability": "math", "reward_model": {"style": "rule", "ground_truth": str(i + 3)},
+             "extra_info": {"index": i, "split": "test"}} for i in range(12)]
+    data = tmp_path / "test.parquet"
+    pd.DataFrame(rows).to_parquet(data)
+
+    def student(k, prompt):
+        i = int(prompt.split("What is ", 1)[1].split(" ", 1)[0])
+        return f"Answer: {i + 3 if k == 2 else i + 10 + k}"
+
+    backend = ScriptedServer(tok, student, ("Recount from the first number.",), end_token=fam.end)
+    cfg = build_trainer_config(None, ["actor_rollout_ref.rollout.response_length=256"], {"teacher": {"max_tokens": 16}})
+    out = tmp_path / "run.jsonl"
+    res = run_eval(EvalSettings(data=str(data), out=str(out), teacher="self", max_turns=3, progress=False),
+                   cfg, backend, tok, hf_model_type=fam.model_type)
+    assert (res["done"], res["errors"]) == (12, 0)
+    records = [r for r in map(__import__("json").loads, out.read_text().splitlines()) if r.get("record") != "run"]
+    assert len(records) == 12 and all(r["status"] == "ok" and r["num_student_turns"] == 3 for r in records)
