@@ -1,9 +1,11 @@
 """The didactic episode (`rl2f_plugin.episode`) as verl agent loops: ``rl2f_didactic`` and ``rl2f_autodidact``.
 
 The episode decides who speaks, when to stop and what the reward is; this adapter only turns it into tokens. The
-student is the policy, through verl's ``server_manager.generate``; its tokens are merged with verl's Continuous
-Token helpers exactly as ``ToolAgentLoop`` does: student tokens get ``response_mask`` 1; feedback and
-chat-template tokens 0; ``feedback_mask`` is 1 on the feedback's content tokens. The response never exceeds
+student is the policy, through verl's ``server_manager.generate``; its tokens are appended as generated (verl's
+Continuous Token builder, as ``ToolAgentLoop`` does) and each feedback turn as the chat template renders a user turn
+after an assistant turn (`rl2f_plugin.agent_loops.chat_template.TurnFormat`: exact, also for templates that require
+strict user/assistant alternation). Student tokens get ``response_mask`` 1; feedback and chat-template tokens 0;
+``feedback_mask`` is 1 on the feedback's content tokens. The response never exceeds
 ``rollout.response_length``: each student turn may generate at most the remaining budget (and at most
 ``rl2f.max_student_tokens``), and feedback that would leave no room for another student token ends the episode
 (truncated) without being appended.
