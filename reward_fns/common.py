@@ -18,8 +18,8 @@ max_answer_chars       RL2F_MAX_ANSWER_CHARS       2000     longer extracted ans
 
 Process-level knobs (environment only): ``RL2F_VERIFY_WORKERS`` (verifier worker processes per process
 that verifies, default min(2, cores)), ``RL2F_VERIFY_MEMORY_MB`` (their RLIMIT_AS, default 4096),
-``RL2F_SANDBOX_PARALLEL`` (concurrent sandbox runs, default = cores), ``RL2F_SANDBOX_UNSHARE=0`` (do not
-use user/network/PID namespaces even where available; the audit hook and process group remain).
+``RL2F_SANDBOX_PARALLEL`` (concurrent sandbox runs, default = cores); the code sandbox's isolation settings
+(``RL2F_SANDBOX_ISOLATION``, ``RL2F_SANDBOX_UID``, ``RL2F_SANDBOX_PYTHON``) are in `reward_fns.sandbox_isolation`.
 """
 
 from __future__ import annotations
