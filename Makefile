@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rl2f-installed
 
-.PHONY: demo test test-slow bench install sandbox-deps info clean
+.PHONY: demo test test-slow bench install sandbox-deps sandbox-test-deps info clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -34,15 +34,26 @@ sandbox-deps:
 	    echo "  RL2F_SANDBOX_ISOLATION=none for trusted code only (no isolation of the host)."; \
 	  fi; }
 
+# The sandbox's attack tests compile native code (a C library, a CPython extension): gcc and Python's headers.
+sandbox-test-deps: $(STAMP)
+	@if ! command -v gcc >/dev/null 2>&1 || ! $(PY) -c "import os, sysconfig, sys; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing gcc and Python headers (the code sandbox's native-code attack tests)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev python3-dev; \
+	  else \
+	    echo "warning: gcc or Python.h missing: the sandbox's native-code attack tests will be skipped"; \
+	  fi; \
+	fi
+
 install: $(STAMP) sandbox-deps
 
 demo: $(STAMP) sandbox-deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/run_cpu_demo.sh
 
-test: $(STAMP) sandbox-deps
+test: $(STAMP) sandbox-deps sandbox-test-deps
 	$(PY) -m pytest -q -ra
 
-test-slow: $(STAMP) sandbox-deps
+test-slow: $(STAMP) sandbox-deps sandbox-test-deps
 	$(PY) -m pytest -q -ra -m slow
 
 bench: $(STAMP) sandbox-deps
