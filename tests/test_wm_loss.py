@@ -269,11 +269,19 @@ def test_invariant_to_micro_batching_and_dp(verl_cfg, actor_cfg):
     n_tokens = int(td["loss_mask"].sum())
     full_loss, full_m, full_g = _run(loss_fn, engine_view(td), params)
 
-    # verl's own micro-batching with micro_batch_size_per_gpu=1 and 2, gradients accumulated as the engine does
-    for mbs in (1, 2):
+    # verl's own micro-batching with micro_batch_size_per_gpu=1 and 2, and with dynamic batch size (the GPU recipes'
+    # use_dynamic_bsz: rows regrouped by token count and reordered, feedback_mask carried along with each row),
+    # gradients accumulated as the engine does
+    seq_lens = (td["prompts"].offsets().diff() + td["responses"].offsets().diff()).tolist()
+    for mbs in (1, 2, "dynamic"):
         data = engine_view(td)
-        tu.assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=mbs)
-        micro_batches, _ = prepare_micro_batches(data)
+        if mbs == "dynamic":
+            tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=max(seq_lens) + 2)
+        else:
+            tu.assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=mbs)
+        micro_batches, order = prepare_micro_batches(data)
+        if mbs == "dynamic":  # the token budget split the batch into micro-batches of regrouped rows
+            assert len(micro_batches) > 1 and sorted(i for mb in order for i in mb) == list(range(len(td)))
         for p in params:
             p.grad = None
         total, ce_sum = 0.0, 0.0
