@@ -374,21 +374,21 @@ def _compiled_programs(python: str) -> dict[str, bytes]:
     return programs
 
 
-def _program_fds(python: str) -> dict[str, int]:
-    """Read ends of pipes holding the sandbox's two programs (bwrap copies them in)."""
-    fds = {}
-    for name, data in _compiled_programs(python).items():
-        r, w = os.pipe()
-        try:
-            if len(data) > 60_000:
-                import fcntl
+def _pipe_holding(data: bytes) -> int:
+    """The read end of a pipe that holds `data` (bwrap reads the sandbox's programs and seccomp filter so)."""
+    r, w = os.pipe()
+    try:
+        if len(data) > 60_000:
+            import fcntl
 
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, len(data) + 4096)
-            os.write(w, data)
-        finally:
-            os.close(w)
-        fds[name] = r
-    return fds
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, len(data) + 4096)
+        os.write(w, data)
+    finally:
+        os.close(w)
+    return r
+
+
+_SECCOMP = sandbox_isolation.seccomp_filter()
 
 
 def _launch(job: dict, iso, result_fd: int, errf, slot: int) -> tuple[subprocess.Popen, str | None, int | None]:
@@ -407,13 +407,15 @@ def _launch(job: dict, iso, result_fd: int, errf, slot: int) -> tuple[subprocess
     job.update(judge_dir=sandbox_isolation.JUDGE_DIR, work_dir=sandbox_isolation.WORK_DIR,
                read_paths=list(iso.view) + ["/dev/urandom", "/dev/zero"],
                write_paths=[sandbox_isolation.WORK_DIR, "/dev/null"])
-    fds = _program_fds(iso.python)
+    fds = {name: _pipe_holding(data) for name, data in _compiled_programs(iso.python).items()}
+    seccomp_fd = _pipe_holding(_SECCOMP) if _SECCOMP else -1
     info_r, info_w = os.pipe()
     try:
-        cmd = iso.command(fds, DISK_MB, slot, RUN_MEMORY_FACTOR * int(job["memory_mb"]), info_w) + [
+        cmd = iso.command(fds, DISK_MB, slot, RUN_MEMORY_FACTOR * int(job["memory_mb"]), info_w, seccomp_fd) + [
             f"{sandbox_isolation.PROGRAM_DIR}/_sandbox_runner.pyc", str(result_fd)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf, cwd="/",
-                                env={"LANG": "C.UTF-8"}, pass_fds=(result_fd, info_w, *fds.values()),
+                                env={"LANG": "C.UTF-8"}, pass_fds=(result_fd, info_w, *fds.values(),
+                                                                   *([seccomp_fd] if seccomp_fd >= 0 else [])),
                                 start_new_session=True, **iso.popen_kwargs())
     except OSError as exc:  # bwrap went away since the probe: the machine changed, not the candidate's doing
         os.close(info_r)
@@ -422,7 +424,7 @@ def _launch(job: dict, iso, result_fd: int, errf, slot: int) -> tuple[subprocess
         os.close(info_r)
         raise
     finally:
-        for fd in (*fds.values(), info_w):
+        for fd in (*fds.values(), info_w, *([seccomp_fd] if seccomp_fd >= 0 else [])):
             os.close(fd)
     return proc, None, info_r
 

@@ -32,14 +32,18 @@ Guarantees, in the order to check them (each names the mechanism; none relies on
    (not ``/judge``, not ``/proc``). The Landlock domain also denies ptrace of processes outside it (the judge:
    no memory, fd or environment access through ``/proc/<pid>``), and with ABI >= 6 signals and abstract unix
    sockets to them.
-5. **Bounds.** Bytes: the tmpfs sizes. Processes and threads: RLIMIT_NPROC (`MAX_TASKS`), counted per user
+5. **Seccomp** (x86_64; `seccomp_filter`, loaded by bwrap for every process of the run): the system calls a
+   sandboxed program has no use for and that widen the kernel's attack surface fail with EPERM: ptrace and
+   process_vm_*, keyrings, bpf, userfaultfd, perf_event_open, io_uring, mount/namespace/module/kexec calls,
+   open_by_handle_at; the x32 ABI is refused.
+6. **Bounds.** Bytes: the tmpfs sizes. Processes and threads: RLIMIT_NPROC (`MAX_TASKS`), counted per user
    namespace for the non-root uid of (1). Per process: RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE,
    no core dumps. The whole run's memory (every process, its tmpfs pages, and the kernel memory of its files
    and directories, which is what bounds their number): a memory cgroup per concurrent run slot
    (`MemoryCgroups`, cgroup v1 ``memory``, where the caller may create one: root with a writable hierarchy);
    without one the sum is bounded only by MAX_TASKS x RLIMIT_AS, as `Isolation.describe` says. Wall clock: the caller kills ``bwrap`` at the deadline; the kernel tears down the PID
    namespace and frees the tmpfs (no walk over the candidate's files in the caller).
-6. **Verdict channel.** Only the judge holds the result pipe to the caller; the candidate holds two pipes to
+7. **Verdict channel.** Only the judge holds the result pipe to the caller; the candidate holds two pipes to
    the judge and nothing else (all other fds closed before its code runs).
 
 What Python adds on top, as defence in depth only (`reward_fns._sandbox_runner`): plain-data replies decoded
@@ -81,6 +85,38 @@ _FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1
 _FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | 1 << 14  # + TRUNCATE
 _NET_BIND_CONNECT_TCP = 3  # ABI >= 4
 _SCOPE_ABSTRACT_UNIX_SIGNAL = 3  # ABI >= 6
+
+
+#: x86_64 numbers of the system calls `seccomp_filter` refuses (arch/x86/entry/syscalls/syscall_64.tbl)
+SECCOMP_DENIED_X86_64 = {
+    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "add_key": 248, "request_key": 249,
+    "keyctl": 250, "bpf": 321, "userfaultfd": 323, "perf_event_open": 298, "io_uring_setup": 425,
+    "io_uring_enter": 426, "io_uring_register": 427, "mount": 165, "umount2": 166, "pivot_root": 155,
+    "unshare": 272, "setns": 308, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+    "fsmount": 432, "fspick": 433, "mount_setattr": 442, "kexec_load": 246, "kexec_file_load": 320,
+    "init_module": 175, "finit_module": 313, "delete_module": 176, "open_by_handle_at": 304, "acct": 163,
+    "swapon": 167, "swapoff": 168, "reboot": 169, "syslog": 103, "quotactl": 179,
+}
+
+
+def seccomp_filter() -> bytes | None:
+    """A classic-BPF seccomp program (the format bwrap's ``--seccomp`` reads) refusing
+    `SECCOMP_DENIED_X86_64` with EPERM and killing any other architecture's or the x32 ABI's calls; None where
+    the machine is not x86_64 (then there is no filter)."""
+    import platform
+    import struct
+
+    if platform.machine() != "x86_64":
+        return None
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    audit_arch_x86_64, x32_bit = 0xC000003E, 0x40000000
+    allow, kill, eperm = 0x7FFF0000, 0x80000000, 0x00050000 | errno.EPERM
+    prog = [(ld_abs, 0, 0, 4), (jeq, 1, 0, audit_arch_x86_64), (ret, 0, 0, kill),  # seccomp_data.arch
+            (ld_abs, 0, 0, 0), (jge, 0, 1, x32_bit), (ret, 0, 0, kill)]  # seccomp_data.nr
+    for nr in sorted(SECCOMP_DENIED_X86_64.values()):
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+    prog.append((ret, 0, 0, allow))
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -218,15 +254,18 @@ class Isolation:
     def __init__(self, bwrap, python, view, uid, memory=None):
         self.bwrap, self.python, self.view, self.uid, self.memory = bwrap, python, tuple(view), uid, memory
 
-    def command(self, program_fds: dict, disk_mb: int, slot: int = 0, memory_mb: int = 0, info_fd: int = -1) -> list:
+    def command(self, program_fds: dict, disk_mb: int, slot: int = 0, memory_mb: int = 0, info_fd: int = -1,
+                seccomp_fd: int = -1) -> list:
         """argv of one run: `program_fds` maps file names (copied into PROGRAM_DIR) to readable fds; with a memory
         cgroup, run slot `slot` holds the whole run to `memory_mb` (plus the two tmpfs); bwrap writes the host pid
-        of the sandbox's init to `info_fd` (`sandbox_init_pid`)."""
+        of the sandbox's init to `info_fd` (`sandbox_init_pid`) and loads the seccomp program it reads from
+        `seccomp_fd`."""
         cmd = []
         if self.memory is not None and memory_mb:
             cmd = self.memory.enter_argv(self.memory.slot(slot, memory_mb + disk_mb + JUDGE_DISK_MB))
         cmd += [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
-               "--die-with-parent", "--new-session", "--as-pid-1", "--clearenv", *(["--info-fd", str(info_fd)] if info_fd >= 0 else []), "--setenv", "LANG", "C.UTF-8",
+               "--die-with-parent", "--new-session", "--as-pid-1", "--clearenv", *(["--info-fd", str(info_fd)] if info_fd >= 0 else []),
+               *(["--seccomp", str(seccomp_fd)] if seccomp_fd >= 0 else []), "--setenv", "LANG", "C.UTF-8",
                "--setenv", "HOME", WORK_DIR, "--setenv", "TMPDIR", WORK_DIR]
         for link in ("/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin"):  # merged-/usr symlinks, as on the host
             if os.path.islink(link):
@@ -249,6 +288,7 @@ class Isolation:
     def describe(self) -> dict:
         return {"isolation": "kernel", "bwrap": self.bwrap, "python": self.python, "uid": self.uid or os.getuid(),
                 "view": list(self.view), "landlock_abi": landlock_abi(), "max_tasks": MAX_TASKS,
+                "seccomp": "denylist of x86_64 calls" if seccomp_filter() else "none (not x86_64)",
                 "run_memory": f"memory cgroup {self.memory.base}/slot<k>" if self.memory else
                               "no memory cgroup here: the sum is bounded by max_tasks x RLIMIT_AS only"}
 

@@ -158,6 +158,13 @@ int attack(const char *canary, const char *secret_file, int port) {
     if ((fd = open("/usr/lib/python3.11/os.py", O_WRONLY | O_APPEND)) >= 0) { won |= 512; close(fd); }
     if ((fd = open("/proc/1/environ", O_RDONLY)) >= 0) { won |= 1024; close(fd); }
     if (syscall(SYS_open_tree, -100, "/", 1) >= 0) won |= 2048;   /* OPEN_TREE_CLONE */
+    /* kernel attack surface a sandboxed program has no use for (seccomp) */
+    if (syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0) >= 0) won |= 4096;
+    char params[120] = {0};
+    if (syscall(SYS_io_uring_setup, 1, params) >= 0) won |= 8192;
+    if (syscall(SYS_userfaultfd, 0) >= 0) won |= 16384;
+    char attr[128] = {0}; attr[4] = 128; /* perf_event_attr.size; type 0 = hardware, config 0 = cycles */
+    if (syscall(SYS_perf_event_open, attr, 0, -1, -1, 0) >= 0) won |= 32768;
     return won;
 }
 
