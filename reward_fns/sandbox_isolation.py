@@ -18,20 +18,20 @@ Guarantees, in the order to check them (each names the mechanism; none relies on
    session (no terminal injection); the judge is the PID namespace's init (``--as-pid-1``): when it ends, the
    kernel kills every process of the run before ``bwrap`` (its parent) can reap it, so nothing outlives the run
    and no orphan is left for the host's init to reap; SIGKILL to it when ``bwrap``'s caller dies
-   (``--die-with-parent``). The network namespace has no interface but a down
-   loopback. ``/proc`` is a fresh procfs of the run's own PID namespace: no host process is visible.
+   (``--die-with-parent``). The network namespace has only its own loopback interface. ``/proc`` is a fresh
+   procfs of the run's own PID namespace: no host process is visible.
 3. **Filesystem view.** A fresh tmpfs root holding only: read-only binds of the sandbox interpreter, its
    standard library and the shared libraries it loads (`view_paths`), a private ``/dev`` (null, zero,
    urandom, ...), the run's procfs, the two sandbox programs (copied in from pipes, read-only), the judge's
    tmpfs ``/judge`` and the candidate's tmpfs ``/work`` of ``disk_mb`` bytes. No site-packages: the tests of
    the code tasks need the standard library only, and the venv's site-packages are the trainer's own code.
-   The environment is cleared (``--clearenv``) but for LANG, HOME and TMPDIR.
+   The environment is cleared (``--clearenv``) but for LANG, HOME and TMPDIR (and PWD, which bwrap sets).
 4. **Landlock on every candidate process** (`restrict_candidate`, applied in the candidate after its pipes
    are set up and before any of its code runs, inherited by all its children, irrevocable): it may read and
    execute the interpreter's files only, read and write only under ``/work``; nothing else exists for it
    (not ``/judge``, not ``/proc``). The Landlock domain also denies ptrace of processes outside it (the judge:
-   no memory, fd or environment access through ``/proc/<pid>``), and with ABI >= 6 signals and abstract unix
-   sockets to them.
+   no memory, fd or environment access through ``/proc/<pid>``), with ABI >= 4 TCP bind/connect, and with
+   ABI >= 6 signals and abstract unix sockets to processes outside it.
 5. **Seccomp** (x86_64; `seccomp_filter`, loaded by bwrap for every process of the run): the system calls a
    sandboxed program has no use for and that widen the kernel's attack surface fail with EPERM: ptrace and
    process_vm_*, keyrings, bpf, userfaultfd, perf_event_open, io_uring, mount/namespace/module/kexec calls,
@@ -41,8 +41,10 @@ Guarantees, in the order to check them (each names the mechanism; none relies on
    no core dumps. The whole run's memory (every process, its tmpfs pages, and the kernel memory of its files
    and directories, which is what bounds their number): a memory cgroup per concurrent run slot
    (`MemoryCgroups`, cgroup v1 ``memory``, where the caller may create one: root with a writable hierarchy);
-   without one the sum is bounded only by MAX_TASKS x RLIMIT_AS, as `Isolation.describe` says. Wall clock: the caller kills ``bwrap`` at the deadline; the kernel tears down the PID
-   namespace and frees the tmpfs (no walk over the candidate's files in the caller).
+   without one the sum is bounded only by MAX_TASKS x RLIMIT_AS, as `Isolation.describe` says. Wall clock:
+   at the deadline the caller closes the judge's stdin (the judge kills and reaps every process of the run and
+   exits) and SIGKILLs the judge if it has not within 0.2 s; the kernel tears down the namespaces and frees
+   the tmpfs (the caller never walks the candidate's files).
 7. **Verdict channel.** Only the judge holds the result pipe to the caller; the candidate holds two pipes to
    the judge and nothing else (all other fds closed before its code runs).
 
