@@ -75,9 +75,20 @@ _COMPILE = ("import importlib.util, marshal, sys\n"
             "code = compile(open(path, 'rb').read(), sys.argv[2], 'exec')\n"
             "sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))\n")
 #: run slots (the number of concurrent runs; each its own memory cgroup where there is one)
-_SLOTS: "queue.Queue[int]" = queue.Queue()
-for _k in range(int(os.environ.get("RL2F_SANDBOX_PARALLEL", "0") or 0) or (os.cpu_count() or 1)):
-    _SLOTS.put(_k)
+def _new_slots() -> "queue.Queue[int]":
+    slots: "queue.Queue[int]" = queue.Queue()
+    for k in range(int(os.environ.get("RL2F_SANDBOX_PARALLEL", "0") or 0) or (os.cpu_count() or 1)):
+        slots.put(k)
+    return slots
+
+
+def _reset_slots() -> None:  # a forked reward worker: its own free slots (and no lock held by a parent thread)
+    global _SLOTS
+    _SLOTS = _new_slots()
+
+
+_SLOTS = _new_slots()
+os.register_at_fork(after_in_child=_reset_slots)
 #: the memory of a whole run (all its processes, with their files) beyond the per-process ``code_memory_mb``
 RUN_MEMORY_FACTOR = 2
 #: the candidate's disk (tmpfs bytes) in MB

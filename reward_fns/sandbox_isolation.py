@@ -187,43 +187,49 @@ def restrict_candidate(read_paths, write_paths) -> None:
 
 # ------------------------------------------------------------------------------------------ caller side
 class MemoryCgroups:
-    """One cgroup v1 ``memory`` group per concurrent run slot, below the caller's own group, owned by the sandbox
-    uid so that the run's first process can enter it (`enter_argv`). Removed when the caller exits."""
+    """One cgroup v1 ``memory`` group per concurrent run slot of each calling process (``rl2f-sandbox-<pid>``
+    below the caller's own group, so forked reward workers do not share slots), owned by the sandbox uid so
+    that the run's first process can enter it (`enter_argv`). Removed when the calling process exits."""
 
-    def __init__(self, base: str, uid):
-        self.base, self.uid, self.made = base, uid, set()
+    def __init__(self, parent: str, uid):
+        self.parent, self.uid, self.pid, self.made = parent, uid, None, []
 
     @classmethod
     def find(cls, uid):
-        """The slots' parent directory, or None where the caller cannot create memory cgroups (cgroup v2 only,
-        a read-only hierarchy, not root)."""
+        """The slots' groups, or None where the caller cannot create memory cgroups (cgroup v2 only, a
+        read-only hierarchy, not root)."""
         if uid is None:
             return None
-        mount = "/sys/fs/cgroup/memory"
         try:
             with open("/proc/self/cgroup") as f:
                 own = next(line.split(":", 2)[2].strip() for line in f if line.split(":")[1] == "memory")
         except (OSError, StopIteration, IndexError):
             return None
-        base = os.path.join(mount, own.lstrip("/"), f"rl2f-sandbox-{os.getpid()}")
+        groups = cls(os.path.join("/sys/fs/cgroup/memory", own.lstrip("/")), uid)
         try:
-            os.makedirs(base, exist_ok=True)
+            groups.slot(0, 64)
         except OSError:
             return None
-        groups = cls(base, uid)
-        import atexit
-
-        atexit.register(groups.remove)
         return groups
 
+    @property
+    def base(self) -> str:
+        return os.path.join(self.parent, f"rl2f-sandbox-{os.getpid()}")
+
     def slot(self, k: int, limit_mb: int) -> str:
-        """The directory of slot `k` with its limit set (created on first use)."""
+        """The directory of slot `k` of this process with its limit set (created on first use)."""
+        if self.pid != os.getpid():  # first use in this process (the probe's, or a forked worker's)
+            import atexit
+
+            self.pid, self.made = os.getpid(), []
+            atexit.register(self.remove, self.base, self.made)
+            self._remove_stale()
         path = os.path.join(self.base, f"slot{k}")
         if path not in self.made:
             os.makedirs(path, exist_ok=True)
             for name in ("cgroup.procs", "tasks"):
                 os.chown(os.path.join(path, name), self.uid, self.uid)
-            self.made.add(path)
+            self.made.append(path)
         with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
             f.write(str(int(limit_mb) << 20))
         return path
@@ -232,12 +238,33 @@ class MemoryCgroups:
         """A prefix that moves the process into the slot, then execs the rest of the command."""
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', os.path.join(slot_dir, "cgroup.procs")]
 
-    def remove(self):
-        """rmdir the slots (retried for a second: the last runs' processes may still be exiting)."""
+    def _remove_stale(self):
+        """Remove the (empty) groups of calling processes that are gone: a forked worker exits without atexit."""
+        try:
+            names = os.listdir(self.parent)
+        except OSError:
+            return
+        for name in names:
+            pid = name[len("rl2f-sandbox-"):]
+            if name.startswith("rl2f-sandbox-") and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                base = os.path.join(self.parent, name)
+                try:
+                    slots = [os.path.join(base, d) for d in os.listdir(base) if d.startswith("slot")]
+                except OSError:
+                    continue
+                for path in slots + [base]:
+                    try:
+                        os.rmdir(path)
+                    except OSError:
+                        pass
+
+    @staticmethod
+    def remove(base: str, made: list):
+        """rmdir the slots and their parent (retried for a second: the last runs may still be exiting)."""
         import time
 
         deadline = time.monotonic() + 1.0
-        for path in sorted(self.made) + [self.base]:
+        for path in sorted(made) + [base]:
             while True:
                 try:
                     os.rmdir(path)
