@@ -25,13 +25,14 @@ import csv
 import json
 import math
 import os
+import textwrap
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .controls import answer_changes, format_answer_changes
+from .controls import answer_changes, fill_answers, format_answer_changes
 from .learning_curves import load_run
 from .report import (bootstrap_ci, format_paired_table, format_table, is_independent, load_records,
                      paired_difference, per_problem, summarize_file)
@@ -88,6 +89,8 @@ class Study:
     """(label, arm A, arm B): B - A, seeds pooled, in every mode."""
     n_boot: int = 2000
     target_half_width: float = 0.04
+    answers_from: str | None = None
+    """Data file to re-extract answers from for transcripts that do not record them (`controls.fill_answers`)."""
 
     def __post_init__(self):
         self.files: dict[tuple[str, str], tuple[dict, list[dict]]] = {}
@@ -95,7 +98,10 @@ class Study:
             for mode in MODES:
                 path = eval_path(self.directory, run, mode)
                 if os.path.isfile(path):
-                    self.files[(run, mode)] = load_records(path)
+                    header, records = load_records(path)
+                    if self.answers_from:
+                        records = fill_answers(records, self.answers_from)
+                    self.files[(run, mode)] = (header, records)
         interactions = [int(h.get("max_turns") or 1) for (h, _) in self.files.values() if not is_independent(h)]
         self.k = max(interactions) if interactions else 1
 
@@ -199,23 +205,26 @@ class Study:
                  "|---|---|---|---|---|---|---|"]
         for arm in [BASE] + list(self.arms):
             runs = [BASE] if arm == BASE else [self.run_name(arm, s) for s in self.seeds]
-            steps, step_s = 0, 0.0
+            steps, step_s, trained = 0, 0.0, set()
             for run in runs:
                 folder = os.path.join(self.directory, run)
                 try:
                     curve = load_run(run, folder)
                 except FileNotFoundError:
                     continue
+                trained.add(run)
                 steps += len(curve.steps)
                 step_s += curve.wall_seconds
             train = sum(phases.get((r, "train"), 0.0) for r in runs)
             evals = sum(phases.get((r, "eval"), 0.0) for r in runs)
             if not (steps or train or evals):
                 continue
-            done = sum(1 for r in runs if (r, "train") in phases or r == BASE)
-            cpu = "-" if cores is None else f"{(train + evals) * cores / 60:.0f}"
+            done = 1 if arm == BASE else len(trained | {r for r in runs if (r, "train") in phases})
+            timed = any((r, phase) in phases for r in runs for phase in ("train", "eval"))
+            cpu = f"{(train + evals) * cores / 60:.0f}" if timed and cores else "-"
+            wall = f"{train / 60:.1f} min | {evals / 60:.1f} min" if timed else "- | -"
             lines.append(f"| {self.label(arm)} | {done} | {steps} | {step_s / steps if steps else float('nan'):.1f} | "
-                         f"{train / 60:.1f} min | {evals / 60:.1f} min | {cpu} |")
+                         f"{wall} | {cpu} |")
         lines.append("")
         lines.append("s/step: verl's `timing_s/step` over every training step of the arm; wall: the study script's "
                      "clock around each training run (Ray/verl start-up included) and each evaluation; CPU-minutes = "
@@ -328,7 +337,7 @@ class Study:
         import matplotlib.pyplot as plt
 
         modes = [m for m in MODES if any(p["mode"] == m for p in pooled)]
-        fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 4.0), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(modes), figsize=(max(6.5, 4.2 * len(modes)), 4.4), sharey=True, squeeze=False)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         arms = [BASE] + list(self.arms)
         turns = np.arange(1, self.k + 1)
@@ -346,7 +355,7 @@ class Study:
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("cumulative accuracy (pass@k), seeds pooled")
         axes[0][0].legend(fontsize=7, loc="upper left")
-        fig.suptitle(title + " (95% bootstrap CIs over problems)", fontsize=11)
+        fig.suptitle(textwrap.fill(title + " (95% bootstrap CIs over problems)", 90), fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -362,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", required=True, help="the arm every other arm is compared with")
     p.add_argument("--contrast", action="append", default=[], metavar="LABEL=A:B", help="another B - A of two arms")
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--answers-from", metavar="PARQUET", help="the held-out data, to recover the answers of transcripts "
+                   "written before the harness recorded them (see python -m rl2f_plugin.eval --answers-from)")
     p.add_argument("--title", default="Study")
     args = p.parse_args(argv)
     arms: "OrderedDict[str, str]" = OrderedDict()
@@ -379,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not sep2 or a not in arms or b not in arms:
             p.error(f"--contrast {spec!r}: expected LABEL=A:B with A and B among the arms")
         contrasts.append((label, a, b))
-    study = Study(args.dir, arms, args.seeds, args.baseline, contrasts, n_boot=args.bootstrap)
+    study = Study(args.dir, arms, args.seeds, args.baseline, contrasts, n_boot=args.bootstrap,
+                  answers_from=args.answers_from)
     print(study.write(args.title))
     return 0
 
