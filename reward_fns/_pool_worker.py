@@ -10,9 +10,10 @@ Protocol (JSON lines on stdin/stdout):
                                                                job's PREPARE step (not timed)
   worker -> {"id", "ok": true, "result": ...} | {"id", "ok": false, "error": str, "timeout": bool}
 
-The worker runs each job under a soft ``setitimer`` alarm slightly shorter than the parent's hard limit, so
-most runaway jobs are interrupted cheaply; the parent kills the whole worker if the alarm cannot interrupt
-(e.g. a huge integer power inside C code).
+The worker runs each job under a soft ``setitimer`` alarm on its CPU time (``ITIMER_PROF``: time waiting for a
+CPU on a busy machine does not count) slightly shorter than the parent's hard limit, so most runaway jobs are
+interrupted cheaply; the parent kills the whole worker if the alarm cannot interrupt (e.g. a huge integer power
+inside C code) or if the job blocks without using CPU.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main() -> None:
     # No PR_SET_PDEATHSIG: it fires when the *thread* that spawned us exits (e.g. an executor thread), not the
     # process. A dead parent closes our stdin instead, and the loop below ends; the soft alarm bounds any job.
     logging.disable(logging.CRITICAL)  # math-verify logs whole inputs on timeouts; nobody reads them here
-    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGPROF, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(sys, "set_int_max_str_digits"):  # Python >= 3.11 (and patched 3.10)
         sys.set_int_max_str_digits(100_000)
@@ -122,20 +123,20 @@ def main() -> None:
         soft = limit - max(0.1 * limit, 0.5) if limit > 1.0 else limit * 0.5
         try:
             if soft > 0:
-                signal.setitimer(signal.ITIMER_REAL, soft)
+                signal.setitimer(signal.ITIMER_PROF, soft)
             result = fn(job.get("args") or {})
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             msg = {"id": job_id, "ok": True, "result": result}
         except JobTimeout:
             msg = {"id": job_id, "ok": False, "error": "timeout", "timeout": True}
         except MemoryError:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             msg = {"id": job_id, "ok": False, "error": "out of memory", "timeout": False}
         except RecursionError:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             msg = {"id": job_id, "ok": False, "error": "recursion too deep", "timeout": False}
         except Exception as exc:  # noqa: BLE001
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             msg = {"id": job_id, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "timeout": False}
         try:
             _write(out, msg)

@@ -10,6 +10,11 @@ verl calls ``compute_score`` from an executor thread, and rl2f's loops call veri
   to /dev/null (nothing it prints can flood the trainer's logs) and an address-space limit;
 * a job is one JSON line in, one JSON line out. The worker first imports what the job needs and says so
   (``ack``); only then starts the job clock, so a cold import never counts as a verifier timeout;
+* a job's limit is on its *execution*: wall-clock time minus the time its worker sat runnable on the kernel's
+  run queue waiting for a CPU (``/proc/<pid>/schedstat``; plain wall clock where the kernel does not report
+  it), so a machine busy with other work slows a check without timing it out, up to `wall_limit` (4x the
+  limit + 1 s of wall clock: nothing waits for ever). The worker's own soft alarm counts its CPU time
+  (``ITIMER_PROF``) for the same reason;
 * if the result is not back within the limit the worker's process group is SIGKILLed and the slot is
   refilled lazily: a stuck computation (even one inside C code that ignores signals) costs one respawn;
 * workers are spawned on demand, up to ``size`` at a time; callers beyond that wait for a free worker, at most
@@ -46,6 +51,25 @@ from dataclasses import dataclass
 from typing import Any
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+#: A job is stopped at this multiple of its limit in wall-clock time (+ 1 s) whatever its run-queue wait.
+MAX_WALL_FACTOR = 4.0
+
+
+def wall_limit(limit: float) -> float:
+    """The wall-clock backstop of a job whose execution limit is `limit` seconds."""
+    return MAX_WALL_FACTOR * limit + 1.0
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds process `pid` has spent runnable but waiting for a CPU (``/proc/<pid>/schedstat``, 2nd field);
+    0.0 where the kernel does not report it (the limits are then plain wall clock)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class PoolTimeout(Exception):
@@ -236,16 +260,22 @@ class _Worker:
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
-    def recv(self, deadline: float) -> dict:
-        """Read one JSON line, waiting at most until `deadline` (time.monotonic())."""
+    def recv(self, deadline: float | None = None, *, limit: float | None = None) -> dict:
+        """Read one JSON line, waiting at most until `deadline` (time.monotonic()), or for at most `limit` seconds
+        of the worker's execution (wall clock minus its run-queue wait, see the module docstring)."""
         fd = self.proc.stdout.fileno()
+        start, queued0 = time.monotonic(), run_queue_wait(self.proc.pid)
         while b"\n" not in self.buf:
-            remaining = deadline - time.monotonic()
+            if limit is None:
+                remaining = deadline - time.monotonic()
+            else:
+                elapsed = time.monotonic() - start
+                remaining = min(limit - elapsed + (run_queue_wait(self.proc.pid) - queued0), wall_limit(limit) - elapsed)
             if remaining <= 0:
                 raise PoolTimeout()
             ready, _, _ = select.select([fd], [], [], remaining)
             if not ready:
-                raise PoolTimeout()
+                continue  # re-check: time spent waiting for a CPU does not count against `limit`
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 raise PoolError(f"verifier worker exited (code {self.proc.poll()})")
@@ -399,7 +429,7 @@ class WorkerPool:
                     ack = worker.recv(time.monotonic() + self.startup_timeout)
                 if ack.get("id") != job_id or "ack" not in ack:
                     raise PoolError(f"verifier worker protocol error: {ack}")
-                answer = worker.recv(time.monotonic() + float(timeout))
+                answer = worker.recv(limit=float(timeout))
             except PoolTimeout:
                 self.kills += 1
                 self._discard(worker)

@@ -10,8 +10,9 @@ import time
 
 
 def block(args: dict) -> dict:
-    """Sleep with SIGALRM blocked: a job the worker's soft alarm cannot stop, only the parent's hard kill."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    """Sleep with the soft alarm's signal blocked (and using no CPU, which that alarm counts): a job only the
+    parent's hard kill stops."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGPROF})
     time.sleep(float(args.get("seconds", 60)))
     return {"slept": True}
 
@@ -32,4 +33,12 @@ def spin(args: dict) -> dict:
         n += 1
 
 
-JOBS = {"test_block": block, "test_echo": echo, "test_spin": spin}
+def work(args: dict) -> dict:
+    """Busy for ``cpu_seconds`` of this process's CPU time (however long that takes on a busy machine)."""
+    end = time.process_time() + float(args["cpu_seconds"])
+    while time.process_time() < end:
+        pass
+    return {"done": True}
+
+
+JOBS = {"test_block": block, "test_echo": echo, "test_spin": spin, "test_work": work}

@@ -150,6 +150,7 @@ def test_a_score_of_0_from_a_time_limit_says_timeout(monkeypatch):
     gold, pred = "\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"  # equal, but only math-verify/sympy can tell
     assert compute_score("math", f"\\boxed{{{pred}}}", gold) == {**compute_score("math", f"\\boxed{{{pred}}}", gold),
                                                                   "score": 1.0, "timeout": 0.0}
-    out = compute_score("math", f"\\boxed{{{pred}}}", gold, math_timeout=0.002)  # far below any parse
+    fresh = "\\frac{2}{\\sqrt{8}}"  # not parsed before by this worker (its parses are cached)
+    out = compute_score("math", f"\\boxed{{{fresh}}}", gold, math_timeout=0.002)  # far below any parse
     assert out["score"] == 0.0 and out["timeout"] == 1.0 and out["reason"].startswith("timeout")
     assert compute_score("math", "\\boxed{0.5}", "3/4")["timeout"] == 0.0  # a judged wrong answer

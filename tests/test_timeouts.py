@@ -329,3 +329,31 @@ def test_configure_pool_resizes_the_process_pool(monkeypatch):
         assert pool.size == 3
     finally:
         pool.size, pool.queue_timeout = before
+
+
+def test_a_job_slowed_by_cpu_contention_is_not_timed_out():
+    """A busy machine is a queue for the CPU: the job's limit counts its execution, not its wait on the kernel's run
+    queue. Before: its worker, sharing one CPU with three busy processes, took ~4x its 0.8 s of CPU in wall time and
+    was stopped at 1.5 s by a wall-clock alarm (PoolTimeout)."""
+    import os
+    import subprocess
+    import sys
+
+    cpu = min(os.sched_getaffinity(0))
+    pool = WorkerPool(size=1, jobs_module="pool_test_jobs")
+    spinners = []
+    try:
+        pool.call("test_echo", {}, timeout=60)
+        os.sched_setaffinity(pool.worker_pids()[0], {cpu})
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+        for p in spinners:
+            os.sched_setaffinity(p.pid, {cpu})
+        t0 = time.monotonic()
+        assert pool.call("test_work", {"cpu_seconds": 0.8}, timeout=2.0) == {"done": True}
+        assert time.monotonic() - t0 > 2.0  # it really was slowed past the limit in wall-clock terms
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+        pool.shutdown()
+
