@@ -129,6 +129,11 @@ class VerifyAccount:
                 self.queue_s += time.monotonic() - self._waiting_since
                 self._waiting_since = None
 
+    def add_wait(self, seconds: float) -> None:
+        """Charge `seconds` spent waiting elsewhere (a worker's wait for a CPU during its job) as waiting."""
+        with self._lock:
+            self.queue_s += max(0.0, seconds)
+
     def queued_s(self) -> float:
         """Seconds spent waiting so far, the wait in progress included."""
         with self._lock:
@@ -429,7 +434,11 @@ class WorkerPool:
                     ack = worker.recv(time.monotonic() + self.startup_timeout)
                 if ack.get("id") != job_id or "ack" not in ack:
                     raise PoolError(f"verifier worker protocol error: {ack}")
+                cpu_wait0 = run_queue_wait(worker.proc.pid)
                 answer = worker.recv(limit=float(timeout))
+                account = _ACCOUNT.get()
+                if account is not None:  # the job's wait for a CPU is queueing for the caller's budget too
+                    account.add_wait(run_queue_wait(worker.proc.pid) - cpu_wait0)
             except PoolTimeout:
                 self.kills += 1
                 self._discard(worker)
