@@ -9,7 +9,16 @@ Checked (each failure is one `PreflightError` whose message names the config key
   ground truth and a prompt (`rl2f_plugin.data_validation`, which names file, row and field);
 * GPU-only options on ``VERL_PLATFORM=cpu``: rollout engines vllm/sglang/trtllm, flash-attention, remove-padding,
   FSDP1, too few logical GPUs for Ray; and a recipe meant for the cpu platform (``trainer.device=cpu``) launched
-  without ``VERL_PLATFORM=cpu``.
+  without ``VERL_PLATFORM=cpu``;
+* on GPU (``trainer.device=cuda``), the packages the config needs and ``pip install -e ".[gpu]"`` does not
+  always bring: vLLM / SGLang for ``rollout.name``, flash-attn for ``attn_implementation=flash_attention_2``
+  (verl's default when the config sets none);
+* rl2f's own registration, when the run uses rl2f: a component that failed to import in this process (its
+  traceback is printed), or a ``default_agent_loop`` that is not registered.
+
+Before checking, a leading ``~`` in the config's local paths (data files, model, checkpoint folder) is expanded in
+place: verl opens them as given (its dataset would read ``<cwd>/~/...`` inside the TaskRunner, after these checks
+passed).
 
 How it runs: `rl2f_plugin.cpu.patches` wraps ``verl.utils.device.auto_set_device``, the first thing
 ``verl.trainer.main_ppo.main`` does with the composed config (before ``ray.init``), to call `run_preflight`
@@ -19,6 +28,7 @@ directly: ``python -m rl2f_plugin.preflight --config-path=$PWD/recipes --config-
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -27,6 +37,20 @@ from typing import Any
 PREFLIGHT_ENV = "RL2F_PREFLIGHT"
 GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
 GPU_ONLY_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attn", "kernels-community/flash-attn")
+#: verl's attention when ``override_config.attn_implementation`` is unset (``verl/workers/config/model.py``).
+VERL_DEFAULT_ATTENTION = "flash_attention_2"
+#: rollout.name / attn_implementation -> (module it imports, how to install it). The versions are the ones
+#: ``verl[vllm]==0.9.1`` pins (torch 2.11.0, CUDA 13.0 wheels); see the README's Install section.
+GPU_PACKAGES = {
+    "vllm": ("vllm", 'pip install -e ".[gpu]" (verl[vllm]==0.9.1: vllm 0.24.0, torch 2.11.0)'),
+    "sglang": ("sglang", 'pip install "verl[sglang]==0.9.1"'),
+    "flash_attention_2": ("flash_attn", "pip install flash-attn==2.8.3 --no-build-isolation (after torch; or a "
+                                        "prebuilt flash-attn wheel for your torch/CUDA/Python)"),
+}
+#: Config keys holding local paths that verl opens without expanding ``~``.
+HOME_PATH_KEYS = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path",
+                  "actor_rollout_ref.model.tokenizer_path", "critic.model.path", "critic.model.tokenizer_path",
+                  "trainer.default_local_dir", "trainer.validation_data_dir", "trainer.rollout_data_dir")
 _REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # hdfs://, s3://, gs://, pkg://, file:// ...
 
 
@@ -73,7 +97,27 @@ def uses_rl2f(config: Any) -> bool:
     """Whether rows are scored/rolled out by rl2f (so their task must be a registered rl2f task)."""
     reward_path = str(_get(config, "reward.custom_reward_function.path", "") or "")
     loop = str(_get(config, "actor_rollout_ref.rollout.agent.default_agent_loop", "") or "")
-    return "reward_fns" in reward_path or "rl2f" in reward_path or loop.startswith("rl2f")
+    mode = str(_get(config, "trainer.v1.trainer_mode", "") or "")
+    return "reward_fns" in reward_path or "rl2f" in reward_path or loop.startswith("rl2f") or mode.startswith("rl2f")
+
+
+def expand_home_paths(config: Any) -> list[str]:
+    """Replace a leading ``~`` in the values of `HOME_PATH_KEYS` by the home folder, in place (verl does not expand
+    it); return the keys changed."""
+    from omegaconf import OmegaConf
+
+    changed = []
+    for key in HOME_PATH_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        value = _get(config, key)
+        if value is None or OmegaConf.is_interpolation(_get(config, parent), leaf):
+            continue  # an interpolation follows the key it names, expanded on its own
+        values = _as_list(value)
+        expanded = [os.path.expanduser(v) if v.startswith("~") else v for v in values]
+        if expanded != values:
+            OmegaConf.update(config, key, expanded[0] if isinstance(value, str) else expanded, merge=False)
+            changed.append(key)
+    return changed
 
 
 def check_model(config: Any) -> None:
@@ -162,11 +206,62 @@ def check_platform_options(config: Any) -> None:
                              f"+ray_kwargs.ray_init.num_gpus={want} (got {have})")
 
 
-CHECKS = (check_platform_options, check_model, check_data)
+def check_gpu_packages(config: Any) -> None:
+    """On GPU (``trainer.device=cuda``): every package the rollout engine and the attention need is importable."""
+    if _cpu_platform() or str(_get(config, "trainer.device", "cuda") or "cuda") != "cuda":
+        return
+    needs = []  # (where in the config, module, how to install)
+    rollout = str(_get(config, "actor_rollout_ref.rollout.name", "") or "")
+    if rollout in GPU_PACKAGES:
+        needs.append((f"actor_rollout_ref.rollout.name={rollout}", *GPU_PACKAGES[rollout]))
+    attn_key = "actor_rollout_ref.model.override_config.attn_implementation"
+    attn = str(_get(config, attn_key, "") or "")
+    effective = attn or VERL_DEFAULT_ATTENTION
+    if effective in GPU_PACKAGES:
+        where = f"{attn_key}={attn}" if attn else f"{attn_key} unset (verl's default: {effective})"
+        module, how = GPU_PACKAGES[effective]
+        needs.append((where, module, f"{how}; or run without it: {'' if attn else '+'}{attn_key}=sdpa"))
+    missing = [f"{where} needs the '{module}' package, not installed: {how}"
+               for where, module, how in needs if not _installed(module)]
+    if missing:
+        raise PreflightError("; ".join(missing))
+
+
+def _installed(module: str) -> bool:
+    if module == "flash_attn" and importlib.util.find_spec("kernels") is not None:
+        return True  # transformers then loads flash-attn from the Hugging Face kernels hub instead
+    return importlib.util.find_spec(module) is not None
+
+
+def check_registration(config: Any) -> None:
+    """A run that uses rl2f: every rl2f component registered in this process, and the default agent loop exists."""
+    if not uses_rl2f(config):
+        return
+    from ._registration import REGISTRATION_ERRORS, REGISTRATION_TRACEBACKS
+
+    if REGISTRATION_ERRORS:
+        for module, trace in REGISTRATION_TRACEBACKS.items():
+            print(f"rl2f: {module} failed to register:\n{trace}", file=sys.stderr)
+        failed = "; ".join(f"{module} ({error})" for module, error in REGISTRATION_ERRORS.items())
+        raise PreflightError(f"rl2f failed to register {failed}; traceback above. Fix it, then check with "
+                             "`python -m rl2f_plugin info`")
+    loop = str(_get(config, "actor_rollout_ref.rollout.agent.default_agent_loop", "") or "")
+    if not loop or _get(config, "actor_rollout_ref.rollout.agent.agent_loop_config_path"):
+        return  # loops from a config file are registered by verl's worker
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    if loop not in _agent_loop_registry:
+        raise PreflightError(f"actor_rollout_ref.rollout.agent.default_agent_loop={loop} is not a registered agent "
+                             f"loop; registered: {', '.join(sorted(_agent_loop_registry))}")
+
+
+CHECKS = (check_platform_options, check_gpu_packages, check_registration, check_model, check_data)
 
 
 def run_preflight(config: Any) -> None:
-    """Raise `PreflightError` (one line: what to change) on the first problem found; return None if all is well."""
+    """Expand ``~`` in the config's local paths (`expand_home_paths`), then raise `PreflightError` (one line: what
+    to change) on the first problem found; return None if all is well."""
+    expand_home_paths(config)
     for check in CHECKS:
         check(config)
 

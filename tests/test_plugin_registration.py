@@ -114,3 +114,52 @@ def test_verl_plugin_policy_none_disables_discovery(policy):
     proc = subprocess.run([sys.executable, "-c", "import sys, verl; print('rl2f_plugin' in sys.modules)"],
                           capture_output=True, text=True, env=env, timeout=180, cwd="/")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), proc.stderr[-2000:]
+
+
+def test_agent_loops_of_names_what_the_component_registers():
+    """`AGENT_LOOPS_OF` (the names stood in for when a component fails) is what its import really registers."""
+    import verl  # noqa: F401
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    from rl2f_plugin._registration import AGENT_LOOPS_OF
+
+    for module, names in AGENT_LOOPS_OF.items():
+        registered = {n for n, spec in _agent_loop_registry.items() if spec["_target_"].startswith(module + ".")}
+        assert registered == set(names), module
+
+
+def test_agent_loop_of_a_failed_component_raises_its_import_error_in_verls_worker_path(tmp_path, monkeypatch):
+    """In a process where the agent-loop component failed to import (a Ray worker whose log nobody reads), verl's
+    ``AgentLoopWorker._run_agent_loop`` must raise that import error, not "Agent loop ... not registered".
+
+    Real: verl's ``_run_agent_loop`` (the worker is built with ``__new__``: its constructor needs Ray, servers and a
+    tokenizer, none of which is reached before the loop is looked up) and verl's agent-loop registry."""
+    import asyncio
+
+    import verl  # noqa: F401
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop import agent_loop as verl_agent_loop
+
+    from rl2f_plugin import _registration
+
+    (tmp_path / "rl2f_broken_loops.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_registration, "COMPONENT_MODULES", ("rl2f_broken_loops",))
+    monkeypatch.setattr(_registration, "AGENT_LOOPS_OF", {"rl2f_broken_loops": ("rl2f_broken_test_loop",)})
+    monkeypatch.setattr(_registration, "REGISTRATION_ERRORS", {})
+    monkeypatch.setattr(_registration, "REGISTRATION_TRACEBACKS", {})
+    monkeypatch.setattr(_registration, "_DONE", set())
+    monkeypatch.setattr(verl_agent_loop, "_agent_loop_registry", dict(verl_agent_loop._agent_loop_registry))
+    assert list(_registration.register_all()) == ["rl2f_broken_loops"]
+
+    worker = verl_agent_loop.AgentLoopWorker.__new__(verl_agent_loop.AgentLoopWorker)
+    worker.config = OmegaConf.create({"data": {}})
+    worker.llm_client = worker.tokenizer = worker.processor = worker.hf_model_type = worker.dataset_cls = None
+    worker.tools = []
+    trajectory = {"step": 0, "sample_index": 0, "rollout_n": 0, "validate": False}
+    with pytest.raises(Exception) as info:
+        asyncio.run(worker._run_agent_loop({}, trajectory, agent_name="rl2f_broken_test_loop", trace=False))
+    text = f"{info.value}\n{info.value.__cause__ or ''}"
+    assert "not registered" not in text
+    assert "rl2f agent loop 'rl2f_broken_test_loop' is unavailable in this process: rl2f_broken_loops failed" in text
+    assert "No module named 'no_such_dependency_xyz'" in text and 'rl2f_broken_loops.py", line 1' in text

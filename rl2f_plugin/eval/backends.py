@@ -18,7 +18,9 @@ verl's ``LLMServerClient`` in front of vLLM/SGLang replicas; here the same loop 
 Both keep `BackendStats` (calls, generated tokens, seconds busy) for the benchmark and the run summary.
 The sampling parameters follow verl's vLLM server: ``temperature`` (0 = greedy), ``top_p``, ``top_k`` (-1 =
 off), ``max_tokens`` (default: the backend's ``max_new_tokens``, capped by the context window),
-``stop_token_ids``, ``logprobs`` (bool), ``repetition_penalty``.
+``stop_token_ids``, ``logprobs`` (bool), ``repetition_penalty``; ``min_p`` and the presence/frequency penalties
+stay at vLLM's neutral defaults, as in training. `OpenAIBackend` sends every one of them, neutral values included,
+so that the server does not fill them from the model's generation config (`SERVER_FILLED_SAMPLING_PARAMS`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ class BackendStats:
                                               "batches", "retries", "failures")}
 
 
+#: The sampling parameters an OpenAI-compatible vLLM server takes from the served model's
+#: ``generation_config.json`` when a request leaves them out (vLLM's ``ModelConfig.get_diff_sampling_param``; e.g.
+#: Qwen2.5-Instruct's top_k=20, top_p=0.8, repetition_penalty=1.05). Training never decodes with those: verl's vLLM
+#: server passes the agent loop's values, neutral ones included, straight to ``SamplingParams`` and overrides the
+#: generation config. So `OpenAIBackend` sends every one of them, each with the value training uses.
+SERVER_FILLED_SAMPLING_PARAMS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                                 "frequency_penalty")
+
+
 def _norm_sampling(sampling_params: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
     sp = dict(sampling_params or {})
     temperature = float(sp.get("temperature", 1.0) or 0.0)
@@ -84,6 +95,10 @@ def _norm_sampling(sampling_params: dict[str, Any], default_max_tokens: int) -> 
         "stop_token_ids": tuple(int(t) for t in (sp.get("stop_token_ids") or ())),
         "logprobs": bool(sp.get("logprobs", False)),
         "repetition_penalty": float(sp.get("repetition_penalty", 1.0) or 1.0),
+        # what verl's agent loops never set, so training decodes with vLLM ``SamplingParams``' neutral defaults
+        "min_p": 0.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
     }
 
 
@@ -375,19 +390,16 @@ class OpenAIBackend:
         if self.prompt_format == "text":
             prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         body: dict[str, Any] = {
-            "model": self.model, "prompt": prompt, "max_tokens": sp["max_tokens"],
-            "temperature": sp["temperature"], "top_p": sp["top_p"], "n": 1, "stream": False,
+            "model": self.model, "prompt": prompt, "max_tokens": sp["max_tokens"], "n": 1, "stream": False,
+            # every sampling parameter, neutral ones included: see SERVER_FILLED_SAMPLING_PARAMS
+            **{key: sp[key] for key in SERVER_FILLED_SAMPLING_PARAMS},
             # vLLM extensions (ignored by servers that do not know them)
             "skip_special_tokens": False, "return_token_ids": True,
         }
-        if sp["top_k"] > 0:
-            body["top_k"] = sp["top_k"]
         if sp["stop_token_ids"]:
             body["stop_token_ids"] = list(sp["stop_token_ids"])
         if sp["logprobs"]:
             body["logprobs"] = 1
-        if sp["repetition_penalty"] != 1.0:
-            body["repetition_penalty"] = sp["repetition_penalty"]
         body.update(self.extra_body)
         return body
 
