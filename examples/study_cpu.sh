@@ -100,10 +100,13 @@ dry || "$PY" -m rl2f_plugin.data_validation "$DATA/train.parquet" "$DATA/test.pa
 
 export VERL_PLATFORM=cpu HF_HUB_OFFLINE=1 RAY_DEDUP_LOGS=0 RAY_ADDRESS=
 hf_dir() { echo "$OUT/$1/checkpoints/global_step_$STEPS/actor/huggingface"; }
+PHASE=()  # the phase under way (run, phase, start): an interrupted phase is costed too
 cost() {  # $1 run, $2 phase, $3 start (epoch s): one line of cost.tsv
   dry || printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(date -u -d "@$3" +%FT%TZ)" "$(( $(date +%s) - $3 ))" \
     "$CORES" "$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/cost.tsv"
+  PHASE=()
 }
+trap '[[ ${#PHASE[@]} -eq 0 ]] || cost "${PHASE[0]}" "${PHASE[1]}:interrupted" "${PHASE[2]}"' EXIT
 
 curves() {
   local args=()
@@ -133,7 +136,7 @@ train() {  # $1 = arm:seed; leaves $OUT/<arm>_s<seed>/checkpoints/global_step_$S
   [[ -f "$dir/checkpoints/latest_checkpointed_iteration.txt" ]] && \
     resumed=" (resuming after step $(cat "$dir/checkpoints/latest_checkpointed_iteration.txt"))"
   echo "[study]     $name: $STEPS GRPO steps$resumed, log $dir/train.log"
-  local start; start=$(date +%s)
+  local start; start=$(date +%s); PHASE=("$name" train "$start")
   # shellcheck disable=SC2046  # arm_args is a list of words
   # verl's file logger truncates its file at start: every (re)start logs to a new file; learning_curves merges them
   (cd "$dir" && run env RL2F_OUTPUT_DIR="$dir" VERL_FILE_LOGGER_PATH="$dir/metrics-$(date +%Y%m%d-%H%M%S).jsonl" \
@@ -148,7 +151,7 @@ train() {  # $1 = arm:seed; leaves $OUT/<arm>_s<seed>/checkpoints/global_step_$S
       trainer.experiment_name="$name" \
       "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]" \
       hydra.run.dir="$dir/hydra" "$@" >> "$dir/train.log" 2>&1) || {
-    echo "[study] training $name FAILED; last lines of $dir/train.log:"; tail -n 20 "$dir/train.log"; exit 1; }
+    echo "[study] training $name FAILED; last lines of $dir/train.log:"; tail -n 20 "$dir/train.log"; exit 1; }  # costed on exit
   cost "$name" train "$start"
   if ! dry && [[ ! -f "$hf/config.json" ]]; then
     echo "[study] $name finished but $hf has no HF model"; exit 1
@@ -179,7 +182,7 @@ evaluate() {  # $1 = run name, $2 = model folder, $3 = mode; skipped once its .d
   local file="$OUT/eval/$name$suffix"
   if [[ -f "$file.done" ]]; then echo "[study]     $name, $mode: evaluated earlier"; return 0; fi
   echo "[study]     evaluating $name, $mode"
-  local start rc=0; start=$(date +%s)
+  local start rc=0; start=$(date +%s); PHASE=("$name" "eval:$mode" "$start")
   run "$PY" -m rl2f_plugin.eval --data "$DATA/test.parquet" --out "$file.jsonl" --name "$name$suffix" \
       --student "hf:$model" "${args[@]}" --max-turns "$EVAL_TURNS" --recipe "$REPO/recipes/rl2f_cpu.yaml" \
       --response-length $(( (EVAL_MAX_NEW_TOKENS + 64) * EVAL_TURNS )) --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \
