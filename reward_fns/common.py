@@ -9,15 +9,20 @@ the environment variable, the default.
 =====================  ==========================  =======  =============================================
 limit                  environment variable        default  meaning
 =====================  ==========================  =======  =============================================
-math_timeout           RL2F_MATH_TIMEOUT           5.0      wall clock per maths check (hard: worker killed)
+math_timeout           RL2F_MATH_TIMEOUT           5.0      execution time per maths check (hard: worker killed)
 code_timeout           RL2F_CODE_TIMEOUT           10.0     wall clock per sandboxed program run
 code_memory_mb         RL2F_CODE_MEMORY_MB         1024     RLIMIT_AS of a sandboxed program
-rg_timeout             RL2F_RG_TIMEOUT             10.0     wall clock per reasoning-gym ``score_answer``
+rg_timeout             RL2F_RG_TIMEOUT             10.0     execution time per reasoning-gym ``score_answer``
 max_answer_chars       RL2F_MAX_ANSWER_CHARS       2000     longer extracted answers score 0 unchecked
 =====================  ==========================  =======  =============================================
 
+The pool's limits count execution only: waiting for a worker and a worker's wait for a CPU are not counted
+(`reward_fns.worker_pool`; a wall-clock backstop of 4x the limit + 1 s remains).
+
 Process-level knobs (environment only): ``RL2F_VERIFY_WORKERS`` (verifier worker processes per process
-that verifies, default min(2, cores)), ``RL2F_VERIFY_MEMORY_MB`` (their RLIMIT_AS, default 4096),
+that verifies, default: the usable CPUs shared by the node's agent-loop workers, at most 8; ``rl2f.verify_workers``
+sets it from a recipe), ``RL2F_VERIFY_QUEUE_TIMEOUT`` (longest wait for a free worker, default 600 s),
+``RL2F_VERIFY_MEMORY_MB`` (their RLIMIT_AS, default 4096),
 ``RL2F_SANDBOX_PARALLEL`` (concurrent sandbox runs, default = cores); the code sandbox's isolation settings
 (``RL2F_SANDBOX_ISOLATION``, ``RL2F_SANDBOX_UID``, ``RL2F_SANDBOX_PYTHON``) are in `reward_fns.sandbox_isolation`.
 """
