@@ -49,3 +49,19 @@ def no_sandbox_processes(within: float = 2.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def sandbox_owned(directory: str) -> set[str]:
+    """Entries of `directory` the sandbox uid owns, or named like the attacks' files ("pwned")."""
+    uid, found = sandbox_isolation._sandbox_uid(), set()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return found
+    for name in names:
+        try:
+            if "pwned" in name or os.lstat(os.path.join(directory, name)).st_uid == uid:
+                found.add(name)
+        except OSError:
+            pass
+    return found

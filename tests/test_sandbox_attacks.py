@@ -32,7 +32,7 @@ import pytest
 from reward_fns import sandbox_isolation
 from reward_fns.code_sandbox import SandboxUnavailable, run_code
 from reward_fns.verl_reward import compute_score
-from sandbox_host_checks import no_sandbox_processes, own_sandbox_uid, sandbox_uid_processes
+from sandbox_host_checks import no_sandbox_processes, own_sandbox_uid, sandbox_owned, sandbox_uid_processes
 
 ADD = json.dumps({"tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
                            "    assert candidate(-1, 1) == 0\n\ncheck(add)\n", "entry_point": "add"})
@@ -80,22 +80,6 @@ def host(tmp_path, monkeypatch):
 
 
 def _host_snapshot() -> dict:
-    def listing(d):
-        try:
-            return set(os.listdir(d))
-        except OSError:
-            return set()
-
-    def sandbox_owned(d):  # anything the sandbox uid created there, or named like the attacks' files
-        uid, found = sandbox_isolation._sandbox_uid(), set()
-        for name in listing(d):
-            try:
-                if "pwned" in name or os.lstat(os.path.join(d, name)).st_uid == uid:
-                    found.add(name)
-            except OSError:
-                pass
-        return found
-
     sandbox_files = ("code_sandbox.py", "_sandbox_runner.py", "sandbox_isolation.py", "verl_reward.py")
     project = (sandbox_owned(os.path.join(PROJECT, "reward_fns")),
                {n: os.stat(os.path.join(PROJECT, "reward_fns", n)).st_mtime_ns for n in sandbox_files})

@@ -17,7 +17,7 @@ import pytest
 
 from reward_fns.code_sandbox import CodeGroundTruthError, parse_code_ground_truth, run_code, verify_code
 from reward_fns.extraction import last_code_block
-from sandbox_host_checks import no_sandbox_processes, own_sandbox_uid
+from sandbox_host_checks import no_sandbox_processes, own_sandbox_uid, sandbox_owned
 
 ADD_TESTS = {
     "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
@@ -115,7 +115,8 @@ def sandbox_uid_of_this_module():
 
 
 def _sandbox_dirs() -> set[str]:
-    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("rl2f-sbx-")}
+    """What runs left in the host's temp dir: files of the sandbox uid (the sandbox's own dirs are tmpfs)."""
+    return sandbox_owned(tempfile.gettempdir())
 
 
 OUTSIDE = os.path.join(tempfile.gettempdir(), f"rl2f_sandbox_escape_{os.getpid()}.txt")
