@@ -345,7 +345,10 @@ def test_a_job_slowed_by_cpu_contention_is_not_timed_out():
     try:
         pool.call("test_echo", {}, timeout=60)
         os.sched_setaffinity(pool.worker_pids()[0], {cpu})
-        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+        # each spinner in its own session: with the kernel's autogroup scheduling a session is one scheduling
+        # entity, and the pool worker has a session of its own, so spinners sharing this one would take only half
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+                    for _ in range(3)]
         for p in spinners:
             os.sched_setaffinity(p.pid, {cpu})
         t0 = time.monotonic()
