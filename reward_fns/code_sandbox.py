@@ -63,6 +63,7 @@ from . import sandbox_isolation
 from .common import VerifyResult, limit, trim
 from .extraction import last_code_block
 from .sandbox_isolation import SandboxUnavailable
+from .worker_pool import account_wait
 
 __all__ = ["run_code", "verify_code", "parse_code_ground_truth", "sandbox_info", "compare_outputs",
            "CodeGroundTruthError", "SandboxUnavailable"]
@@ -307,7 +308,8 @@ def run_code(code: str, ground_truth: Any, timeout: float | None = None, memory_
             return {**_blank_details(time.monotonic() - t0), "status": "bad_tests",
                     "error": trim(f"tests do not parse: {exc}", 400)}
         n_tests = sum(1 for u in job["units"] if u[0])
-    slot = _SLOTS.get()
+    with account_wait():  # time waiting for a free slot is queueing, not execution (verify_timeout_s counts the latter)
+        slot = _SLOTS.get()
     try:
         return _run_job(job, iso, wall, expected, n_tests, slot)
     finally:

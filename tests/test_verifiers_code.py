@@ -226,3 +226,31 @@ def test_lingering_thread_after_passing_tests_is_killed():
     assert v.score == 1.0, v.details
     assert time.monotonic() - t0 < T
     assert no_sandbox_processes()
+
+
+def test_waiting_for_a_sandbox_slot_is_queueing_not_execution(monkeypatch):
+    """At GPU concurrency many verifications share the machine's sandbox slots. A check that waits for a slot must
+    not have that wait counted as execution: through `run_bounded` (the path of the didactic loop's verifier, with
+    `verify_timeout_s`), a correct program that waited longer than the execution limit still scores 1 and the wait
+    is on the account as queueing."""
+    import asyncio
+    import queue
+    import threading
+
+    from reward_fns import code_sandbox
+    from reward_fns.worker_pool import VerifyAccount, run_bounded
+
+    slots: "queue.Queue[int]" = queue.Queue()
+    slots.put(0)
+    monkeypatch.setattr(code_sandbox, "_SLOTS", slots)  # one slot, held by another run for HOLD_S seconds
+    held, hold_s = slots.get(), 3.0
+    threading.Timer(hold_s, slots.put, args=(held,)).start()
+    account = VerifyAccount()
+
+    async def check():
+        return await run_bounded(verify_code, block("def add(a, b):\n    return a + b"), ADD_TESTS, 10,
+                                 exec_timeout=2.5, queue_timeout=60, account=account)
+
+    result = asyncio.run(check())
+    assert result.score == 1.0, result
+    assert account.queued_s() >= hold_s - 0.2 and account.job_timeouts == 0
