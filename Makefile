@@ -51,7 +51,7 @@ demo: $(STAMP) sandbox-deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/run_cpu_demo.sh
 
 test: $(STAMP) sandbox-deps sandbox-test-deps
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-slow: $(STAMP) sandbox-deps sandbox-test-deps
 	$(PY) -m pytest -q -ra -m slow
