@@ -23,30 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from answer_line_task import TASK  # the shared test task, registered on import
 from rl2f_plugin.agent_loops.testing import smollm2_dir, smollm2_tokenizer
 from rl2f_plugin.eval import controls
 from rl2f_plugin.eval import report as rpt
 from rl2f_plugin.eval.__main__ import main as eval_main
-from rl2f_plugin.tasks import Task, VerifyResult, register_task
 
 REPO = Path(__file__).resolve().parent.parent
-TASK = "eval_controls_answer_line"
-
-
-@register_task(TASK)
-class AnswerLineTask(Task):
-    """Test task: the answer is the last 'Answer: X' in the reply, compared as a string."""
-
-    def extract_answer(self, response: str):
-        found = re.findall(r"Answer:\s*(-?\d+)", response)
-        return found[-1] if found else None
-
-    def verify(self, response, ground_truth, extra_info=None):
-        ans = self.extract_answer(response)
-        if ans is None:
-            return VerifyResult(0.0, None, "no 'Answer:' line")
-        ok = ans == str(ground_truth).strip()
-        return VerifyResult(1.0 if ok else 0.0, ans, "" if ok else "wrong answer")
 
 
 # ------------------------------------------------------------------------------------------------------------

