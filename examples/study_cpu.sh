@@ -15,6 +15,9 @@
 #        informative   the template teacher ("Your final answer (45) is incorrect. It is too large. ..."), greedy
 #        content_free  the content-free teacher ("Your answer is incorrect. Try again."), greedy: the same attempts
 #        independent   K independent single-turn samples per problem at the training temperature (pass@k)
+#        informative_t1  the informative teacher with the student sampled at that same temperature, K interactions
+#                      per problem: "feedback vs independent samples" at one temperature (greedy turns against
+#                      sampled pass@k would also compare greedy with sampling)
 #        autodidact    no teacher, the model critiques itself (only AUTODIDACT_ARMS, and the untrained model)
 #   4. write study.md / study.png / study.json (python -m rl2f_plugin.eval.study: accuracy per arm, paired
 #      differences seeds pooled with bootstrap and seed-level intervals, feedback effect, answer changes after
@@ -32,7 +35,8 @@
 #
 # Environment: ARMS (default above), SEEDS (default "1 2 3"), RUNS (arm:seed list; default every arm of every seed),
 # STEPS (policy updates per run, default 16 = one epoch of the 128 problems at 8 per step), SAVE_FREQ (default 4),
-# CONTROLS (default "informative content_free independent autodidact"), AUTODIDACT_ARMS (default rl2f_wm_cpu),
+# CONTROLS (default "informative content_free independent informative_t1 autodidact"), AUTODIDACT_ARMS (default
+# rl2f_wm_cpu), SAMPLE_TEMPERATURE (of independent and informative_t1, default 1.0),
 # EVAL_TURNS (K, default 3), EVAL_MAX_NEW_TOKENS (per student turn, default 48), EVAL_LIMIT (first N held-out rows),
 # INDEPENDENT_SAMPLES (per problem, default K), EVAL_THREADS (torch threads of an evaluation; 1 is faster on a machine
 # crowded with other jobs), OUT (default ./outputs/study_cpu), RL2F_CACHE, PYTHON,
@@ -49,7 +53,9 @@ if [[ -z "${RUNS:-}" ]]; then
 fi
 STEPS="${STEPS:-16}"
 SAVE_FREQ="${SAVE_FREQ:-4}"
-CONTROLS="${CONTROLS:-informative content_free independent autodidact}"
+CONTROLS="${CONTROLS:-informative content_free independent informative_t1 autodidact}"
+# informative_t1 and independent sample at the training rollout's temperature (recipes/_cpu_base.yaml: 1.0)
+SAMPLE_TEMPERATURE="${SAMPLE_TEMPERATURE:-1.0}"
 AUTODIDACT_ARMS="${AUTODIDACT_ARMS:-rl2f_wm_cpu}"
 EVAL_TURNS="${EVAL_TURNS:-3}"
 EVAL_MAX_NEW_TOKENS="${EVAL_MAX_NEW_TOKENS:-48}"
@@ -83,8 +89,8 @@ arm_label() {
 for arm in $ARMS; do arm_args "$arm" >/dev/null; done
 for spec in $RUNS; do arm_args "${spec%%:*}" >/dev/null; done
 for mode in $CONTROLS; do
-  case "$mode" in informative|content_free|independent|autodidact) ;;
-    *) echo "[study] unknown control '$mode' (CONTROLS: informative content_free independent autodidact)" >&2; exit 2 ;;
+  case "$mode" in informative|content_free|independent|informative_t1|autodidact) ;;
+    *) echo "[study] unknown control '$mode' (CONTROLS: informative content_free independent informative_t1 autodidact)" >&2; exit 2 ;;
   esac
 done
 
@@ -177,6 +183,7 @@ evaluate() {  # $1 = run name, $2 = model folder, $3 = mode; skipped once its .d
     informative) args=(--teacher template) ;;
     content_free) args=(--teacher content_free) ;;
     independent) args=(--independent --n-samples "$INDEPENDENT_SAMPLES") ;;
+    informative_t1) args=(--teacher template --n-samples "$INDEPENDENT_SAMPLES" --temperature "$SAMPLE_TEMPERATURE") ;;
     autodidact) args=(--teacher none) ;;
   esac
   local file="$OUT/eval/$name$suffix"

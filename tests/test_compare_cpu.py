@@ -156,9 +156,10 @@ def test_study_script_arms_seeds_and_controls(tmp_path):
     names = [n for n, _ in got]
     runs = [f"{a}_s{s}" for s in "123" for a in ("rlvr_cpu", "rl2f_cpu", "rl2f_discounted_cpu", "rl2f_wm_cpu")
             if (a, s) != ("rlvr_cpu", "2")]
-    expected = ["base", "base.independent", "base.autodidact"]  # base.content_free was complete
+    expected = ["base", "base.independent", "base.informative_t1", "base.autodidact"]  # base.content_free was complete
     for r in runs:
-        expected += [r, f"{r}.content_free", f"{r}.independent"] + ([f"{r}.autodidact"] if "wm" in r else [])
+        expected += [r, f"{r}.content_free", f"{r}.independent", f"{r}.informative_t1"] + (
+            [f"{r}.autodidact"] if "wm" in r else [])
     assert names == expected
     for name, cmd in got:
         assert "--max-turns 3" in cmd and f"--out {out}/eval/{name}.jsonl" in cmd
@@ -166,6 +167,8 @@ def test_study_script_arms_seeds_and_controls(tmp_path):
             assert "--teacher content_free" in cmd
         elif name.endswith(".independent"):
             assert "--independent --n-samples 3" in cmd and "--teacher" not in cmd
+        elif name.endswith(".informative_t1"):  # the informative teacher, sampled as the independent samples are
+            assert "--teacher template --n-samples 3 --temperature 1.0" in cmd and "--independent" not in cmd
         elif name.endswith(".autodidact"):
             assert "--teacher none" in cmd
         else:

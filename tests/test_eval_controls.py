@@ -338,6 +338,13 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     for name, solved in runs.items():
         _solved_run(ev / f"{name}.jsonl", solved)
         _solved_run(ev / f"{name}.content_free.jsonl", [s if s == 1 else 0 for s in solved])
+    # RL2F s1 sampled with the informative teacher, 2 interactions a problem: problem 0 solved at turn 1 in both,
+    # problem 1 at turn 2 in one of them (then: turn 2 half solved); its independent samples solve only problem 0
+    _write(ev / "rl2f_cpu_s1.informative_t1.jsonl", {"max_turns": 3, "n_samples": 2}, [
+        _rec(0, ["0"], [1], 0), _rec(0, ["0"], [1], 1), _rec(1, ["9", "1"], [0, 1], 0), _rec(1, ["9", "8", "7"], [0, 0, 0], 1),
+        *[_rec(i, ["5", "6", "4"], [0, 0, 0], s) for i in (2, 3) for s in (0, 1)]])
+    _write(ev / "rl2f_cpu_s1.independent.jsonl", {"max_turns": 1, "mode": "independent", "n_samples": 3},
+           [r for i in range(4) for r in _independent(i, 3, 3 if i == 0 else 0)])
     (tmp_path / "cost.tsv").write_text("run\tphase\tstarted\twall_s\tcores\tload1\n"
                                        "rl2f_cpu_s1\ttrain\tx\t600\t2\t1.0\nrl2f_cpu_s1\teval:informative\tx\t60\t2\t1.0\n")
     (tmp_path / "rl2f_cpu_s1").mkdir()
@@ -360,8 +367,16 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     fb = study.contrast("fb", "rl2f_cpu", "content_free", "rl2f_cpu", "informative")
     assert fb["pooled"].diff == pytest.approx([0.0, 1 / 8, 2 / 8])  # s1 problem 1 at turn 2, s2 problem 2 at turn 3
     assert "| feedback effect, RL2F |" in text and "| feedback effect, untrained |" in text
+    # feedback vs independent samples at one temperature: sampled interactions (per problem, the mean over its
+    # interactions) minus pass@k of the independent samples, seed 1 (the only seed with both)
+    same_t = study.contrast("t", "rl2f_cpu", "independent", "rl2f_cpu", "informative_t1")
+    assert same_t["seeds"] == [1] and same_t["pooled"].diff == pytest.approx([0.0, 1 / 8, 1 / 8])
+    assert "| feedback vs independent samples, same temperature, RL2F |" in text
+    assert "| RL2F | informative teacher, sampled (T of pass@k) | 1 | 4 | 0.250 [" in text
     # what is not evaluated yet is listed, not silently dropped
-    assert "Not yet available:" in text and "feedback vs independent samples, RL2F" in text
+    missing = text.split("Not yet available:")[1].split("\n")[0]
+    assert "feedback vs independent samples, RLVR (" in missing and "same temperature, RLVR (" in missing
+    assert "same temperature, RL2F (" not in missing
     assert "## Answer changes after feedback" in text and "| RL2F, informative teacher | all turns |" in text
     # cost: s/step from verl's timing, wall from cost.tsv, CPU-minutes = wall x cores
     assert "| RL2F | 1 | 2 | 91.5 | 10.0 min | 1.0 min | 22 |" in text

@@ -20,7 +20,6 @@ end of ``total_epochs`` without its last checkpoint and validation).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from main_ppo_checks import check_updates_reach_the_rollout, read_events, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -52,10 +52,11 @@ CPU_MUST_CHANGE = [
     "actor_rollout_ref.ref.fsdp_config.strategy=fsdp2",
     # precision: fp32 actor (no bf16 autocast on the CPU actor; the CPU recipes' measured setting)
     "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
-    # model and data size: 1 prompt a step (one GRPO group of the recipe's 8), one mini-batch, short replies
+    # model and data size: 1 prompt a step (one GRPO group), one mini-batch, short replies
     "data.train_batch_size=1", "actor_rollout_ref.actor.ppo_mini_batch_size=1", "data.max_prompt_length=128",
 ]
-RL2F_SIZE = ["data.max_response_length=160", f"rl2f.max_student_tokens={STUDENT_TOKENS}",
+# RL²F: a GRPO group of 4 (the recipe's 8, which tests/test_recipes.py checks composed, only repeats the same work)
+RL2F_SIZE = ["actor_rollout_ref.rollout.n=4", "data.max_response_length=160", f"rl2f.max_student_tokens={STUDENT_TOKENS}",
              f"rl2f.teacher.max_tokens={TEACHER_TOKENS}"]
 RLVR_SIZE = [f"data.max_response_length={STUDENT_TOKENS}"]
 
@@ -205,22 +206,18 @@ def main_ppo(recipe: str, overrides: list[str], work: Path, out: Path) -> dict:
     (work / "stdout.log").write_text(proc.stdout)
     (work / "stderr.log").write_text(proc.stderr)
     assert proc.returncode == 0, f"main_ppo {recipe} failed (logs in {work}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    metrics: dict[int, dict] = {}
-    for line in metrics_log.read_text().splitlines():
-        rec = json.loads(line)
-        metrics.setdefault(rec["step"], {}).update(rec["data"])
     import yaml
 
-    return {"metrics": metrics, "events": [json.loads(x) for x in rollout_log.read_text().splitlines()],
+    return {"metrics": read_metrics(metrics_log), "events": read_events(rollout_log),
             "config": yaml.safe_load((work / "hydra" / ".hydra" / "config.yaml").read_text()),
             "output": proc.stdout + proc.stderr}
 
 
-def check_gpu_settings_kept(cfg: dict, max_token_len: int) -> None:
+def check_gpu_settings_kept(cfg: dict, max_token_len: int, n: int = 8) -> None:
     model, actor = cfg["actor_rollout_ref"]["model"], cfg["actor_rollout_ref"]["actor"]
     assert model["use_remove_padding"] is True and model["enable_gradient_checkpointing"] is True
     assert actor["use_dynamic_bsz"] is True and actor["ppo_max_token_len_per_gpu"] == max_token_len
-    assert cfg["actor_rollout_ref"]["rollout"]["n"] == 8 and actor["use_kl_loss"] is False
+    assert cfg["actor_rollout_ref"]["rollout"]["n"] == n and actor["use_kl_loss"] is False
     assert cfg["trainer"]["save_freq"] == 50 and cfg["trainer"]["test_freq"] == 20
 
 
@@ -243,7 +240,7 @@ def test_rl2f_grpo_wm_on_cpu_validates_checkpoints_and_resumes_past_an_epoch(mod
             f"data.val_files={data_dir}/test.parquet"]
     # run 1: validation before training (self teacher), 1 step = one epoch, validation + checkpoint at the last
     first = main_ppo("rl2f_grpo_wm", data + RL2F_SIZE + ["trainer.total_training_steps=1"], tmp_path / "run1", out)
-    check_gpu_settings_kept(first["config"], 32768)
+    check_gpu_settings_kept(first["config"], 32768, n=4)
     assert first["config"]["rl2f"]["teacher"]["name"] == "self" and first["config"]["rl2f"]["max_turns"] == 4
     assert "rl2f_packed_sdpa: packed forward" in first["output"], "the actor never ran a packed (remove-padding) forward"
     metrics = first["metrics"]
@@ -278,12 +275,17 @@ def test_rl2f_grpo_wm_on_cpu_validates_checkpoints_and_resumes_past_an_epoch(mod
 @pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rlvr_grpo_on_cpu_trains_validates_and_checkpoints(model_dir, data_dir, tmp_path):
     out = tmp_path / "checkpoints"
+    # fp32 rollout, as the actor: the strictest log-prob check; weight decay off, so weights move only by the loss
     run = main_ppo("rlvr_grpo", [f"actor_rollout_ref.model.path={model_dir}", f"data.train_files={data_dir}/train.parquet",
                                  f"data.val_files={data_dir}/test.parquet", "trainer.total_training_steps=2",
-                                 "trainer.val_before_train=false", *RLVR_SIZE], tmp_path / "run", out)
+                                 "trainer.val_before_train=false", "actor_rollout_ref.rollout.dtype=float32",
+                                 "actor_rollout_ref.actor.optim.weight_decay=0.0", *RLVR_SIZE], tmp_path / "run", out)
     check_gpu_settings_kept(run["config"], 24576)
     assert "rl2f_packed_sdpa: packed forward" in run["output"]
     for step in (1, 2):
         check_trained(run["metrics"], step)
     assert any(k.startswith("val-core/") for k in run["metrics"][2]), "no validation at the last step"
     assert checkpoint_steps(out) == [2]
+    # the updates reach the rollout: step 2 generates on the step-1 weights, its log-probs are the actor's
+    check_updates_reach_the_rollout(run["metrics"], run["events"], probs_diff_max=1e-2, probs_diff_mean=1e-3)
+    assert next(e for e in run["events"] if e["event"] == "init")["dtype"] == "torch.float32"

@@ -1,6 +1,7 @@
 """The report of a training study (``examples/study_cpu.sh``): arms (recipes) trained with several seeds, each
-trained model evaluated with the informative teacher, the content-free teacher, independent sampling (pass@k) and,
-for some arms, no teacher (autodidact self-critique); the untrained model with the same evaluations.
+trained model evaluated with the informative teacher, the content-free teacher, independent sampling (pass@k), the
+informative teacher sampled at pass@k's temperature (so that "feedback vs independent samples" is not also "greedy vs
+sampled") and, for some arms, no teacher (autodidact self-critique); the untrained model with the same evaluations.
 
     python -m rl2f_plugin.eval.study --dir outputs/study_cpu --arm "rlvr_cpu=RLVR" --arm "rl2f_cpu=RL2F (final)" \\
         --seeds 1 2 3 --baseline rlvr_cpu --contrast "final vs discounted=rl2f_cpu:rl2f_discounted_cpu"
@@ -44,6 +45,7 @@ MODES: "OrderedDict[str, tuple[str, str]]" = OrderedDict([
     ("informative", ("", "informative teacher")),
     ("content_free", (".content_free", "content-free teacher")),
     ("independent", (".independent", "independent samples, pass@k")),
+    ("informative_t1", (".informative_t1", "informative teacher, sampled (T of pass@k)")),
     ("autodidact", (".autodidact", "no teacher (autodidact)")),
 ])
 BASE = "base"
@@ -181,6 +183,9 @@ class Study:
         for arm in [BASE] + arms:
             specs.append((f"feedback vs independent samples, {self.label(arm)}", arm, "independent", arm, "informative"))
             specs.append((f"retry vs independent samples, {self.label(arm)}", arm, "independent", arm, "content_free"))
+            # the same temperature on both sides: K turns with feedback vs K independent samples, both sampled
+            specs.append((f"feedback vs independent samples, same temperature, {self.label(arm)}", arm, "independent",
+                          arm, "informative_t1"))
         for arm in arms:
             if self.seeds_with(arm, "autodidact"):
                 specs.append((f"autodidact, {self.label(arm)} - untrained", BASE, "autodidact", arm, "autodidact"))
