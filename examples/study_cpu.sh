@@ -31,7 +31,8 @@
 # SAVE_FREQ steps and continues from the latest one (trainer.resume_mode=auto); each evaluation keeps its finished
 # problems and gets a marker (eval/<file>.done) once complete; a run whose training and evaluations are all done gets
 # <run>/DONE and is skipped. The results without the checkpoints (metrics*.jsonl, DONE, eval/*, cost.tsv) are enough
-# for another machine to continue with what is not yet done. cost.tsv: wall time of every phase.
+# for another machine to continue with what is not yet done. cost.tsv: wall time of every phase, with the load and the
+# host's CPU steal during it.
 #
 # Environment: ARMS (default above), SEEDS (default "1 2 3"), RUNS (arm:seed list; default every arm of every seed),
 # STEPS (policy updates per run, default 16 = one epoch of the 128 problems at 8 per step), SAVE_FREQ (default 4),
@@ -102,14 +103,25 @@ if [[ ! -f "$DATA/train.parquet" || ! -f "$DATA/test.parquet" ]]; then  # librar
   run "$PY" "$REPO/examples/data_preprocess/cpu_default_data.py" --out-dir "$DATA" 2>>"$DATA/data.log"
 fi
 dry || "$PY" -m rl2f_plugin.data_validation "$DATA/train.parquet" "$DATA/test.parquet" 2>>"$DATA/data.log"
-[[ -f "$OUT/cost.tsv" ]] || printf 'run\tphase\tstarted\twall_s\tcores\tload1\n' > "$OUT/cost.tsv"
+# cost.tsv: one line per phase; steal_pct = the share of CPU time the hypervisor gave to other machines during the
+# phase (/proc/stat): on a shared host a phase's wall time is only comparable with another's at similar steal.
+[[ -f "$OUT/cost.tsv" ]] || printf 'run\tphase\tstarted\twall_s\tcores\tload1\tsteal_pct\n' > "$OUT/cost.tsv"
+if ! dry && ! head -n 1 "$OUT/cost.tsv" | grep -q steal_pct; then  # an older file: add the column's name
+  sed -i '1s/$/\tsteal_pct/' "$OUT/cost.tsv"
+fi
 
 export VERL_PLATFORM=cpu HF_HUB_OFFLINE=1 RAY_DEDUP_LOGS=0 RAY_ADDRESS=
 hf_dir() { echo "$OUT/$1/checkpoints/global_step_$STEPS/actor/huggingface"; }
-PHASE=()  # the phase under way (run, phase, start): an interrupted phase is costed too
+PHASE=()  # the phase under way (run, phase, start, CPU ticks at start): an interrupted phase is costed too
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $9; exit}' /proc/stat 2>/dev/null || echo "0 0"; }
+steal_pct() {  # $1 = "total steal" ticks at the phase's start: the steal share since then, in %
+  [[ "$1" != "0 0" ]] || { echo "-"; return 0; }
+  local now; now="$(cpu_ticks)"
+  awk -v a="$1" -v b="$now" 'BEGIN{split(a,x," "); split(b,y," "); d=y[1]-x[1]; v=0; if (d>0) v=100*(y[2]-x[2])/d; printf "%.1f", v}'
+}
 cost() {  # $1 run, $2 phase, $3 start (epoch s): one line of cost.tsv
-  dry || printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(date -u -d "@$3" +%FT%TZ)" "$(( $(date +%s) - $3 ))" \
-    "$CORES" "$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/cost.tsv"
+  dry || printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$(date -u -d "@$3" +%FT%TZ)" "$(( $(date +%s) - $3 ))" \
+    "$CORES" "$(cut -d' ' -f1 /proc/loadavg)" "$(steal_pct "${PHASE[3]:-0 0}")" >> "$OUT/cost.tsv"
   PHASE=()
 }
 trap '[[ ${#PHASE[@]} -eq 0 ]] || cost "${PHASE[0]}" "${PHASE[1]}:interrupted" "${PHASE[2]}"' EXIT
@@ -142,7 +154,7 @@ train() {  # $1 = arm:seed; leaves $OUT/<arm>_s<seed>/checkpoints/global_step_$S
   [[ -f "$dir/checkpoints/latest_checkpointed_iteration.txt" ]] && \
     resumed=" (resuming after step $(cat "$dir/checkpoints/latest_checkpointed_iteration.txt"))"
   echo "[study]     $name: $STEPS GRPO steps$resumed, log $dir/train.log"
-  local start; start=$(date +%s); PHASE=("$name" train "$start")
+  local start; start=$(date +%s); PHASE=("$name" train "$start" "$(cpu_ticks)")
   # shellcheck disable=SC2046  # arm_args is a list of words
   # verl's file logger truncates its file at start: every (re)start logs to a new file; learning_curves merges them
   (cd "$dir" && run env RL2F_OUTPUT_DIR="$dir" VERL_FILE_LOGGER_PATH="$dir/metrics-$(date +%Y%m%d-%H%M%S).jsonl" \
@@ -189,7 +201,7 @@ evaluate() {  # $1 = run name, $2 = model folder, $3 = mode; skipped once its .d
   local file="$OUT/eval/$name$suffix"
   if [[ -f "$file.done" ]]; then echo "[study]     $name, $mode: evaluated earlier"; return 0; fi
   echo "[study]     evaluating $name, $mode"
-  local start rc=0; start=$(date +%s); PHASE=("$name" "eval:$mode" "$start")
+  local start rc=0; start=$(date +%s); PHASE=("$name" "eval:$mode" "$start" "$(cpu_ticks)")
   run "$PY" -m rl2f_plugin.eval --data "$DATA/test.parquet" --out "$file.jsonl" --name "$name$suffix" \
       --student "hf:$model" "${args[@]}" --max-turns "$EVAL_TURNS" --recipe "$REPO/recipes/rl2f_cpu.yaml" \
       --response-length $(( (EVAL_MAX_NEW_TOKENS + 64) * EVAL_TURNS )) --max-new-tokens "$EVAL_MAX_NEW_TOKENS" \

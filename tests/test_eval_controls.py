@@ -345,8 +345,10 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
         *[_rec(i, ["5", "6", "4"], [0, 0, 0], s) for i in (2, 3) for s in (0, 1)]])
     _write(ev / "rl2f_cpu_s1.independent.jsonl", {"max_turns": 1, "mode": "independent", "n_samples": 3},
            [r for i in range(4) for r in _independent(i, 3, 3 if i == 0 else 0)])
-    (tmp_path / "cost.tsv").write_text("run\tphase\tstarted\twall_s\tcores\tload1\n"
-                                       "rl2f_cpu_s1\ttrain\tx\t600\t2\t1.0\nrl2f_cpu_s1\teval:informative\tx\t60\t2\t1.0\n")
+    (tmp_path / "cost.tsv").write_text("run\tphase\tstarted\twall_s\tcores\tload1\tsteal_pct\n"
+                                       "rl2f_cpu_s1\ttrain\tx\t600\t2\t1.0\t40.0\n"
+                                       "rl2f_cpu_s1\teval:informative\tx\t60\t2\t1.0\t7.0\n"
+                                       "rlvr_cpu_s1\ttrain\tx\t300\t2\t1.0\n")  # a row from before steal was recorded
     (tmp_path / "rl2f_cpu_s1").mkdir()
     (tmp_path / "rl2f_cpu_s1" / "metrics-20261202-000000.jsonl").write_text(
         "".join(json.dumps({"step": s, "data": {"timing_s/step": 90.0 + s}}) + "\n" for s in (1, 2)))
@@ -379,7 +381,8 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     assert "same temperature, RL2F (" not in missing
     assert "## Answer changes after feedback" in text and "| RL2F, informative teacher | all turns |" in text
     # cost: s/step from verl's timing, wall from cost.tsv, CPU-minutes = wall x cores
-    assert "| RL2F | 1 | 2 | 91.5 | 10.0 min | 1.0 min | 22 |" in text
+    assert "| RL2F | 1 | 2 | 91.5 | 10.0 min | 1.0 min | 22 | 37% |" in text  # steal: (40 x 600 + 7 x 60) / 660
+    assert "| RLVR | 1 | 0 | nan | 5.0 min | 0.0 min | 10 | - |" in text
     assert "seeds would give +-0.04" in text
     assert seeds_needed(0.05, 0.04) == 9 and seeds_needed(0.0, 0.04) == 2
     assert (tmp_path / "study.png").read_bytes()[:4] == b"\x89PNG"

@@ -198,6 +198,7 @@ class Study:
     # -- cost -------------------------------------------------------------------------------------------------
     def cost_table(self) -> str:
         phases: dict[tuple[str, str], float] = {}
+        steal: dict[str, list[float]] = {}  # run -> [sum of steal% x wall, wall] over the phases that record it
         cores = None
         path = os.path.join(self.directory, "cost.tsv")
         if os.path.isfile(path):
@@ -206,8 +207,15 @@ class Study:
                     run, phase = row["run"], row["phase"].split(":")[0]
                     phases[(run, phase)] = phases.get((run, phase), 0.0) + float(row["wall_s"])
                     cores = int(row["cores"])
-        lines = ["| arm | runs | steps | s/step (mean of steps) | training wall | evaluation wall | CPU-minutes |",
-                 "|---|---|---|---|---|---|---|"]
+                    try:
+                        pct = float(row.get("steal_pct") or "")
+                    except ValueError:  # older rows have no steal column; "-": not measured
+                        continue
+                    acc = steal.setdefault(run, [0.0, 0.0])
+                    acc[0] += pct * float(row["wall_s"])
+                    acc[1] += float(row["wall_s"])
+        lines = ["| arm | runs | steps | s/step (mean of steps) | training wall | evaluation wall | CPU-minutes | "
+                 "host CPU steal |", "|---|---|---|---|---|---|---|---|"]
         for arm in [BASE] + list(self.arms):
             runs = [BASE] if arm == BASE else [self.run_name(arm, s) for s in self.seeds]
             steps, step_s, trained = 0, 0.0, set()
@@ -228,12 +236,16 @@ class Study:
             timed = any((r, phase) in phases for r in runs for phase in ("train", "eval"))
             cpu = f"{(train + evals) * cores / 60:.0f}" if timed and cores else "-"
             wall = f"{train / 60:.1f} min | {evals / 60:.1f} min" if timed else "- | -"
+            measured = [steal[r] for r in runs if r in steal and steal[r][1] > 0]
+            stolen = (f"{sum(a for a, _ in measured) / sum(w for _, w in measured):.0f}%" if measured else "-")
             lines.append(f"| {self.label(arm)} | {done} | {steps} | {step_s / steps if steps else float('nan'):.1f} | "
-                         f"{wall} | {cpu} |")
+                         f"{wall} | {cpu} | {stolen} |")
         lines.append("")
         lines.append("s/step: verl's `timing_s/step` over every training step of the arm; wall: the study script's "
                      "clock around each training run (Ray/verl start-up included) and each evaluation; CPU-minutes = "
-                     f"wall x {cores or '?'} cores (each phase uses the whole machine).")
+                     f"wall x {cores or '?'} cores (each phase uses the whole machine). Host CPU steal: the share of "
+                     "CPU time a shared host gave to other machines during the arm's phases (wall-weighted; `-`: not "
+                     "recorded); at 30-50% a phase takes about twice as long.")
         return "\n".join(lines)
 
     # -- the report -------------------------------------------------------------------------------------------
