@@ -4,14 +4,14 @@
 CPU must change (`CPU_MUST_CHANGE`: platform, rollout backend, attention kernel, precision, GPU counts, model and data
 size, per-turn budgets sized for a 135M model on 2 cores). Everything else is the GPU recipe's: remove-padding
 (``use_remove_padding: true``) and dynamic batch size (``use_dynamic_bsz: true``, ``ppo_max_token_len_per_gpu``
-24576 / 32768), gradient checkpointing, GRPO with n=8, 4 student turns, the ``self`` teacher with its leak guard,
+24576 / 32768), gradient checkpointing, GRPO (n=8; 4 in the RL²F run, `RL2F_SIZE`), 4 student turns, the ``self`` teacher with its leak guard,
 the world-model loss (coef 0.1), greedy validation before training and at the last step, save_freq / test_freq.
 
 The one GPU-only kernel is flash-attn's varlen attention, which verl's remove-padding path relies on for packed
 rows. On CPU the model runs ``attn_implementation=rl2f_packed_sdpa`` (`rl2f_plugin.cpu.packed_attention`); the
 first part of this file checks, on verl's own packing, that it gives the padded path's log-probs and gradients.
 
-The RL²F run is two runs of one experiment, 2 training steps in all (about 5-6 min on 2 quiet cores): run 1 trains
+The RL²F run is two runs of one experiment, 2 training steps in all (5.3 min on 2 quiet cores): run 1 trains
 step 1 (validation with the self teacher before and after, checkpoint at the last step); run 2 resumes from that
 checkpoint (``trainer.resume_mode=auto``) with ``total_training_steps=2`` on a data set whose epoch is 1 step, so step
 2 is in the second epoch: it must run, end at step 2 and save ``global_step_2`` (verl's loop otherwise stops at the
@@ -231,8 +231,8 @@ def checkpoint_steps(out: Path) -> list[int]:
     return sorted(int(p.name.split("_")[-1]) for p in out.glob("global_step_*") if (p / "actor").is_dir())
 
 
-# In CI. Measured 2026-12-03 on 2 quiet cores: 8.5 min with 3 steps of 24/32-token turns (steps 81-97 s, generation
-# 44-52 s of them, validations 22-26 s), 6.9 min with 16/24-token turns in the full suite; the RLVR test 2.1 min.
+# In CI. Measured 2026-12-03 on a clean clone, host CPU steal < 1%: 5.3 min (run 1: 169 s, of which the step 80 s
+# and validation 12 s; run 2 ~140 s), the RLVR test 1.8 min (two steps 58 s; the rest is start-up).
 @pytest.mark.timeout(2 * RUN_TIMEOUT_S + 300)
 def test_rl2f_grpo_wm_on_cpu_validates_checkpoints_and_resumes_past_an_epoch(model_dir, data_dir, tmp_path):
     out = tmp_path / "checkpoints"
