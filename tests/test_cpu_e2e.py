@@ -19,8 +19,8 @@ on the CPU. What is asserted (`main_ppo_checks`):
 
 The stock single-turn path (RLVR) and the fp32 rollout's strict log-prob match (max diff < 1e-2) are checked on the
 GPU recipe ``rlvr_grpo`` in tests/test_gpu_recipes_on_cpu.py, with the same checks; ``rlvr_cpu`` differs from it
-only in sizes, padded batches and verl's rollout correction, which this run covers. Measured 2026-12-03 on a clean clone: 3.7 min (steps of
-93 and 68 s) at < 1% host CPU steal.
+only in sizes, padded batches and verl's rollout correction, which this run covers. Measured 2026-12-03 on a clean
+clone: 3.7 min (steps of 93 and 68 s) at < 1% host CPU steal.
 """
 
 from __future__ import annotations
