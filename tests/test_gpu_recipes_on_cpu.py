@@ -4,8 +4,9 @@
 CPU must change (`CPU_MUST_CHANGE`: platform, rollout backend, attention kernel, precision, GPU counts, model and data
 size, per-turn budgets sized for a 135M model on 2 cores). Everything else is the GPU recipe's: remove-padding
 (``use_remove_padding: true``) and dynamic batch size (``use_dynamic_bsz: true``, ``ppo_max_token_len_per_gpu``
-24576 / 32768), gradient checkpointing, GRPO (n=8; 4 in the RL²F run, `RL2F_SIZE`), 4 student turns, the ``self`` teacher with its leak guard,
-the world-model loss (coef 0.1), greedy validation before training and at the last step, save_freq / test_freq.
+24576 / 32768), gradient checkpointing, GRPO (n=8; 4 in the RL²F run, `RL2F_SIZE`), 4 student turns, the ``self``
+teacher with its leak guard, the world-model loss (coef 0.1), greedy validation before training and at the last step,
+save_freq / test_freq.
 
 The one GPU-only kernel is flash-attn's varlen attention, which verl's remove-padding path relies on for packed
 rows. On CPU the model runs ``attn_implementation=rl2f_packed_sdpa`` (`rl2f_plugin.cpu.packed_attention`); the
