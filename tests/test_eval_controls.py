@@ -350,6 +350,7 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
                                        "rl2f_cpu_s1\teval:informative\tx\t60\t2\t1.0\t7.0\n"
                                        "rlvr_cpu_s1\ttrain\tx\t300\t2\t1.0\n")  # a row from before steal was recorded
     (tmp_path / "rl2f_cpu_s1").mkdir()
+    (tmp_path / "rl2f_cpu_s1" / "DONE").write_text("2026-12-02T10:00:00Z\n")  # complete: costed
     (tmp_path / "rl2f_cpu_s1" / "metrics-20261202-000000.jsonl").write_text(
         "".join(json.dumps({"step": s, "data": {"timing_s/step": 90.0 + s}}) + "\n" for s in (1, 2)))
     assert study_main(["--dir", str(tmp_path), "--arm", "rlvr_cpu=RLVR", "--arm", "rl2f_cpu=RL2F",
@@ -382,7 +383,8 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     assert "## Answer changes after feedback" in text and "| RL2F, informative teacher | all turns |" in text
     # cost: s/step from verl's timing, wall from cost.tsv, CPU-minutes = wall x cores
     assert "| RL2F | 1 | 2 | 91.5 | 10.0 min | 1.0 min | 22 | 37% |" in text  # steal: (40 x 600 + 7 x 60) / 660
-    assert "| RLVR | 1 | 0 | nan | 5.0 min | 0.0 min | 10 | - |" in text
+    # a run under way (trained in part, no DONE) is listed, not costed
+    assert "| RLVR |" not in text.split("## Cost")[1] and "Not costed yet (under way, no `DONE`): rlvr_cpu_s1." in text
     assert "seeds would give +-0.04" in text
     assert seeds_needed(0.05, 0.04) == 9 and seeds_needed(0.0, 0.04) == 2
     assert (tmp_path / "study.png").read_bytes()[:4] == b"\x89PNG"

@@ -216,8 +216,14 @@ class Study:
                     acc[1] += float(row["wall_s"])
         lines = ["| arm | runs | steps | s/step (mean of steps) | training wall | evaluation wall | CPU-minutes | "
                  "host CPU steal |", "|---|---|---|---|---|---|---|---|"]
+        in_progress = []
         for arm in [BASE] + list(self.arms):
             runs = [BASE] if arm == BASE else [self.run_name(arm, s) for s in self.seeds]
+            # a run is costed once it is complete (trained and evaluated: <run>/DONE); one under way is listed below
+            started = [r for r in runs if r != BASE and ((r, "train") in phases or os.path.isdir(os.path.join(
+                self.directory, r)))]
+            in_progress += [r for r in started if not os.path.isfile(os.path.join(self.directory, r, "DONE"))]
+            runs = [r for r in runs if r == BASE or os.path.isfile(os.path.join(self.directory, r, "DONE"))]
             steps, step_s, trained = 0, 0.0, set()
             for run in runs:
                 folder = os.path.join(self.directory, run)
@@ -241,6 +247,8 @@ class Study:
             lines.append(f"| {self.label(arm)} | {done} | {steps} | {step_s / steps if steps else float('nan'):.1f} | "
                          f"{wall} | {cpu} | {stolen} |")
         lines.append("")
+        if in_progress:
+            lines += [f"Not costed yet (under way, no `DONE`): {', '.join(in_progress)}.", ""]
         lines.append("s/step: verl's `timing_s/step` over every training step of the arm; wall: the study script's "
                      "clock around each training run (Ray/verl start-up included) and each evaluation; CPU-minutes = "
                      f"wall x {cores or '?'} cores (each phase uses the whole machine). Host CPU steal: the share of "
