@@ -224,21 +224,20 @@ class Study:
                 self.directory, r)))]
             in_progress += [r for r in started if not os.path.isfile(os.path.join(self.directory, r, "DONE"))]
             runs = [r for r in runs if r == BASE or os.path.isfile(os.path.join(self.directory, r, "DONE"))]
-            steps, step_s, trained = 0, 0.0, set()
+            steps, step_s = 0, 0.0
             for run in runs:
                 folder = os.path.join(self.directory, run)
                 try:
                     curve = load_run(run, folder)
                 except FileNotFoundError:
                     continue
-                trained.add(run)
                 steps += len(curve.steps)
                 step_s += curve.wall_seconds
             train = sum(phases.get((r, "train"), 0.0) for r in runs)
             evals = sum(phases.get((r, "eval"), 0.0) for r in runs)
             if not (steps or train or evals):
                 continue
-            done = 1 if arm == BASE else len(trained | {r for r in runs if (r, "train") in phases})
+            done = len(runs)  # the untrained model, or the complete (DONE) runs
             timed = any((r, phase) in phases for r in runs for phase in ("train", "eval"))
             cpu = f"{(train + evals) * cores / 60:.0f}" if timed and cores else "-"
             wall = f"{train / 60:.1f} min | {evals / 60:.1f} min" if timed else "- | -"
