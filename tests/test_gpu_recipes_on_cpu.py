@@ -276,15 +276,19 @@ def test_rl2f_grpo_wm_on_cpu_validates_checkpoints_and_resumes_past_an_epoch(mod
 @pytest.mark.timeout(RUN_TIMEOUT_S + 300)
 def test_rlvr_grpo_on_cpu_trains_validates_and_checkpoints(model_dir, data_dir, tmp_path):
     out = tmp_path / "checkpoints"
-    # fp32 rollout, as the actor: the strictest log-prob check; weight decay off, so weights move only by the loss
+    # fp32 rollout, as the actor: the strictest log-prob check; weight decay off, so weights move only by the loss.
+    # An entropy bonus gives every step a gradient: with 1 problem x 8 samples the group often earns one reward for
+    # all (no GRPO advantage), and a step without a gradient cannot show that updated weights reach the rollout.
     run = main_ppo("rlvr_grpo", [f"actor_rollout_ref.model.path={model_dir}", f"data.train_files={data_dir}/train.parquet",
                                  f"data.val_files={data_dir}/test.parquet", "trainer.total_training_steps=2",
                                  "trainer.val_before_train=false", "actor_rollout_ref.rollout.dtype=float32",
-                                 "actor_rollout_ref.actor.optim.weight_decay=0.0", *RLVR_SIZE], tmp_path / "run", out)
+                                 "actor_rollout_ref.actor.optim.weight_decay=0.0",
+                                 "actor_rollout_ref.actor.entropy_coeff=0.01", *RLVR_SIZE], tmp_path / "run", out)
     check_gpu_settings_kept(run["config"], 24576)
     assert "rl2f_packed_sdpa: packed forward" in run["output"]
     for step in (1, 2):
         check_trained(run["metrics"], step)
+        assert float(run["metrics"][step]["actor/grad_norm"]) > 0, f"step {step}: no gradient despite the entropy bonus"
     assert any(k.startswith("val-core/") for k in run["metrics"][2]), "no validation at the last step"
     assert checkpoint_steps(out) == [2]
     # the updates reach the rollout: step 2 generates on the step-1 weights, its log-probs are the actor's
