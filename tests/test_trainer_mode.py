@@ -20,8 +20,6 @@ import cloudpickle
 import pytest
 import torch
 
-import verl
-from hydra import compose, initialize_config_dir
 from transfer_queue import KVBatchMeta
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics
 from verl.trainer.ppo.padding_utils import construct_minimal_padding_template
@@ -35,23 +33,11 @@ from rl2f_plugin import schema
 from rl2f_plugin.losses import WM_CE_METRIC, rl2f_actor_loss
 from rl2f_plugin.trainer import RL2FTrainerColocateAsync, RL2FTrainerSync
 
-from test_wm_loss import _run, build_batch, engine_view  # the same real verl batch as the loss tests
+from test_wm_loss import _run, build_batch, compose_verl, engine_view  # the same real verl batch as the loss tests
 
 
 def _cfg(*overrides):
-    conf_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
-    with initialize_config_dir(config_dir=conf_dir, version_base=None):
-        return compose(
-            config_name="ppo_trainer",
-            overrides=[
-                "data.train_batch_size=4",
-                "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-                "actor_rollout_ref.rollout.n=2",
-                "algorithm.adv_estimator=grpo",
-                *overrides,
-            ],
-        )
+    return compose_verl("actor_rollout_ref.rollout.n=2", "algorithm.adv_estimator=grpo", *overrides)
 
 
 class FakeWorkerGroup:
