@@ -8,6 +8,7 @@
 #   bash examples/compare_rl2f_vs_rlvr_cpu.sh       # resumable; the environment of study_cpu.sh applies
 set -euo pipefail
 export ARMS="${ARMS:-rlvr_cpu rl2f_cpu rl2f_wm_cpu}"
+export SEEDS="${SEEDS:-1 2}"
 export RUNS="${RUNS:-rlvr_cpu:1 rl2f_cpu:1 rlvr_cpu:2 rl2f_cpu:2 rl2f_wm_cpu:1}"
 export CONTROLS="${CONTROLS:-informative}"
 export OUT="${OUT:-$PWD/outputs/compare_cpu}"

@@ -34,7 +34,8 @@
 # for another machine to continue with what is not yet done. cost.tsv: wall time of every phase, with the load and the
 # host's CPU steal during it.
 #
-# Environment: ARMS (default above), SEEDS (default "1 2 3"), RUNS (arm:seed list; default every arm of every seed),
+# Environment: ARMS (default above), SEEDS (default "1 2 3"), RUNS (arm:seed list to train and
+# evaluate; default every arm of every seed; the report covers every arm of every seed either way),
 # STEPS (policy updates per run, default 16 = one epoch of the 128 problems at 8 per step), SAVE_FREQ (default 4),
 # CONTROLS (default "informative content_free independent informative_t1 autodidact"), AUTODIDACT_ARMS (default
 # rl2f_wm_cpu), SAMPLE_TEMPERATURE (of independent and informative_t1, default 1.0),
@@ -52,6 +53,14 @@ SEEDS="${SEEDS:-1 2 3}"
 if [[ -z "${RUNS:-}" ]]; then
   RUNS=""; for seed in $SEEDS; do for arm in $ARMS; do RUNS+="$arm:$seed "; done; done
 fi
+# The report and the training curves cover every planned run (ARMS x SEEDS, plus RUNS) that has results, so that
+# continuing a study with a RUNS subset does not shrink study.md to that subset.
+# shellcheck disable=SC2046
+REPORT_SEEDS="$(printf '%s\n' $SEEDS $(for spec in $RUNS; do echo "${spec##*:}"; done) | sort -nu | tr '\n' ' ')"
+REPORT_RUNS="$RUNS"
+for seed in $REPORT_SEEDS; do for arm in $ARMS; do
+  [[ " $REPORT_RUNS " == *" $arm:$seed "* ]] || REPORT_RUNS+=" $arm:$seed"
+done; done
 STEPS="${STEPS:-16}"
 SAVE_FREQ="${SAVE_FREQ:-4}"
 CONTROLS="${CONTROLS:-informative content_free independent informative_t1 autodidact}"
@@ -128,7 +137,7 @@ trap '[[ ${#PHASE[@]} -eq 0 ]] || cost "${PHASE[0]}" "${PHASE[1]}:interrupted" "
 
 curves() {
   local args=()
-  for spec in $RUNS; do
+  for spec in $REPORT_RUNS; do
     local dir="$OUT/${spec%%:*}_s${spec##*:}"
     compgen -G "$dir/metrics*.jsonl" >/dev/null && args+=(--run "$(arm_label "${spec%%:*}") s${spec##*:}=$dir")
   done
@@ -232,9 +241,8 @@ report() {
     && args+=(--contrast "discounted vs final=rl2f_cpu:rl2f_discounted_cpu")
   [[ " $ARMS " == *" rl2f_cpu "* && " $ARMS " == *" rl2f_wm_cpu "* ]] \
     && args+=(--contrast "world-model loss=rl2f_cpu:rl2f_wm_cpu")
-  local seeds; seeds="$(for spec in $RUNS; do echo "${spec##*:}"; done | sort -nu | tr '\n' ' ')"
   # shellcheck disable=SC2086
-  run "$PY" -m rl2f_plugin.eval.study --dir "$OUT" "${args[@]}" --seeds $seeds --baseline "$base" \
+  run "$PY" -m rl2f_plugin.eval.study --dir "$OUT" "${args[@]}" --seeds $REPORT_SEEDS --baseline "$base" \
       --title "$TITLE" >/dev/null 2>>"$OUT/report.log" || { echo "[study] report failed: $OUT/report.log"; tail -n 5 "$OUT/report.log"; }
 }
 

@@ -176,6 +176,24 @@ def test_study_script_arms_seeds_and_controls(tmp_path):
     assert "base, content_free: evaluated earlier" in proc.stdout and "rlvr_cpu_s2: done earlier" in proc.stdout
 
 
+def test_study_script_report_covers_every_planned_run_when_continuing_a_subset(tmp_path):
+    """Continuing with RUNS="<a few runs>" trains and evaluates those, but study.md and curves still cover every arm of
+    every seed (ARMS x SEEDS) that has results, not just the subset."""
+    out = tmp_path / "study"
+    for run in ("rlvr_cpu_s1", "rl2f_cpu_s3"):  # training metrics of two earlier runs, neither of them in RUNS
+        (out / run).mkdir(parents=True)
+        _write_metrics(out / run / "metrics.jsonl", {s: {"critic/score/mean": 0.25 * s, "timing_s/step": 5.0} for s in (1, 2)})
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_MODULES",)}
+    env.update(OUT=str(out), ONLY="report", RUNS="rl2f_wm_cpu:2", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "examples" / "study_cpu.sh")], capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = [ln for ln in proc.stdout.splitlines() if "rl2f_plugin.eval.study" in ln]
+    assert report and re.search(r"--seeds 1 2 3 --baseline rlvr_cpu", report[-1]), report
+    curves = (out / "curves.md").read_text()
+    assert "RLVR s1" in curves and "RL2F (final) s3" in curves
+
+
 def test_study_script_rejects_unknown_arms_and_controls(tmp_path):
     proc = _dry_study(tmp_path, tmp_path / "s", ARMS="rlvr_cpu rl2f_typo")
     assert proc.returncode != 0 and "unknown arm 'rl2f_typo'" in proc.stderr
