@@ -348,7 +348,8 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     (tmp_path / "cost.tsv").write_text("run\tphase\tstarted\twall_s\tcores\tload1\tsteal_pct\n"
                                        "rl2f_cpu_s1\ttrain\tx\t600\t2\t1.0\t40.0\n"
                                        "rl2f_cpu_s1\teval:informative\tx\t60\t2\t1.0\t7.0\n"
-                                       "rlvr_cpu_s1\ttrain\tx\t300\t2\t1.0\n")  # a row from before steal was recorded
+                                       "rlvr_cpu_s1\ttrain\tx\t300\t2\t1.0\n"  # a row from before steal was recorded
+                                       "base\teval:informative\tx\t30\t2\t1.0\t0.0\n")
     (tmp_path / "rl2f_cpu_s1").mkdir()
     (tmp_path / "rl2f_cpu_s1" / "DONE").write_text("2026-12-02T10:00:00Z\n")  # complete: costed
     (tmp_path / "rl2f_cpu_s1" / "metrics-20261202-000000.jsonl").write_text(
@@ -385,6 +386,8 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     assert "| RL2F | 1 | 2 | 91.5 | 10.0 min | 1.0 min | 22 | 37% |" in text  # steal: (40 x 600 + 7 x 60) / 660
     # a run under way (trained in part, no DONE) is listed, not costed
     assert "| RLVR |" not in text.split("## Cost")[1] and "Not costed yet (under way, no `DONE`): rlvr_cpu_s1." in text
+    cost = text.split("## Cost")[1].split("\n## ")[0]
+    assert "| untrained | 1 | 0 | - | 0.0 min | 0.5 min | 1 | 0% |" in cost and "nan" not in cost  # no training steps: no s/step, not "nan"
     assert "seeds would give +-0.04" in text
     assert seeds_needed(0.05, 0.04) == 9 and seeds_needed(0.0, 0.04) == 2
     assert (tmp_path / "study.png").read_bytes()[:4] == b"\x89PNG"

@@ -243,7 +243,7 @@ class Study:
             wall = f"{train / 60:.1f} min | {evals / 60:.1f} min" if timed else "- | -"
             measured = [steal[r] for r in runs if r in steal and steal[r][1] > 0]
             stolen = (f"{sum(a for a, _ in measured) / sum(w for _, w in measured):.0f}%" if measured else "-")
-            lines.append(f"| {self.label(arm)} | {done} | {steps} | {step_s / steps if steps else float('nan'):.1f} | "
+            lines.append(f"| {self.label(arm)} | {done} | {steps} | {f'{step_s / steps:.1f}' if steps else '-'} | "
                          f"{wall} | {cpu} | {stolen} |")
         lines.append("")
         if in_progress:
