@@ -377,6 +377,16 @@ def test_study_report_pools_seeds_pairs_problems_and_gives_seed_level_intervals(
     assert same_t["seeds"] == [1] and same_t["pooled"].diff == pytest.approx([0.0, 1 / 8, 1 / 8])
     assert "| feedback vs independent samples, same temperature, RL2F |" in text
     assert "| RL2F | informative teacher, sampled (T of pass@k) | 1 | 4 | 0.250 [" in text
+    # turn 3 - turn 1 within one evaluation, paired per problem: RL2F informative, seeds pooled, 0.500 -> 0.750;
+    # with the content-free teacher nothing is solved after turn 1, in every resample
+    acc = study.pooled_accuracy("rl2f_cpu", "informative")
+    assert acc["acc"] == pytest.approx([0.5, 0.625, 0.75]) and acc["gain"] == pytest.approx(0.25)
+    assert 0.0 <= acc["gain_low"] < 0.25 < acc["gain_high"] <= 0.5  # a problem gains at most 1/2 (one seed of two)
+    rl2f_rows = [line for line in text.split("## Paired")[0].splitlines() if line.startswith("| RL2F | ")]
+    assert rl2f_rows[0].startswith("| RL2F | informative teacher | 2 | 4 | 0.500 [")
+    assert rl2f_rows[0].rsplit(" | ", 1)[1].startswith("+0.250 [")  # the last column
+    assert rl2f_rows[1].startswith("| RL2F | content-free teacher | 2 | 4 |")
+    assert rl2f_rows[1].endswith(" | +0.000 [+0.000, +0.000] |")
     # what is not evaluated yet is listed, not silently dropped
     missing = text.split("Not yet available:")[1].split("\n")[0]
     assert "feedback vs independent samples, RLVR (" in missing and "same temperature, RLVR (" in missing

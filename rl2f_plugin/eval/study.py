@@ -132,11 +132,16 @@ class Study:
         units = [np.mean([d[p] for d in per], axis=0) for p in common]
 
         def stat(sample):
-            return list(np.mean(sample, axis=0)) if len(sample) else [float("nan")] * self.k
+            # accuracy at turns 1..K, then the gain from turn 1 to turn K (paired: the same problems resampled)
+            if not len(sample):
+                return [float("nan")] * (self.k + 1)
+            acc = list(np.mean(sample, axis=0))
+            return acc + [acc[-1] - acc[0]]
 
-        ci = bootstrap_ci(units, stat, n_boot=self.n_boot)
-        return {"arm": arm, "mode": mode, "seeds": len(runs), "problems": len(common), "acc": stat(units),
-                "low": list(ci[0]), "high": list(ci[1])}
+        point, (low, high) = stat(units), bootstrap_ci(units, stat, n_boot=self.n_boot)
+        return {"arm": arm, "mode": mode, "seeds": len(runs), "problems": len(common), "acc": point[:-1],
+                "low": list(low[:-1]), "high": list(high[:-1]), "gain": point[-1], "gain_low": low[-1],
+                "gain_high": high[-1]}
 
     # -- paired differences -----------------------------------------------------------------------------------
     def contrast(self, label: str, arm_a: str, mode_a: str, arm_b: str, mode_b: str) -> dict[str, Any] | None:
@@ -263,7 +268,7 @@ class Study:
                               for a in self.arms)
         out += [f"Arms: {arms_line}. Held-out evaluation at K={k}. Seeds planned: {self.seeds}.", ""]
         out += ["## Accuracy per arm (seeds pooled)", ""]
-        head = ["arm", "evaluation", "seeds", "problems"] + [f"turn {t}" for t in range(1, k + 1)]
+        head = ["arm", "evaluation", "seeds", "problems"] + [f"turn {t}" for t in range(1, k + 1)] + [f"turn {k} - turn 1"]
         out += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
         pooled = []
         for arm in [BASE] + list(self.arms):
@@ -275,8 +280,11 @@ class Study:
                 cells = [self.label(arm), MODES[mode][1], str(acc["seeds"]), str(acc["problems"])]
                 cells += ["-" if math.isnan(acc["acc"][t]) else
                           f"{acc['acc'][t]:.3f} [{acc['low'][t]:.3f}, {acc['high'][t]:.3f}]" for t in range(k)]
+                cells.append("-" if math.isnan(acc["gain"]) else
+                             f"{acc['gain']:+.3f} [{acc['gain_low']:+.3f}, {acc['gain_high']:+.3f}]")
                 out.append("| " + " | ".join(cells) + " |")
         out += ["", "Cumulative accuracy by turn (pass@k for independent samples), the mean over seeds per problem; "
+                    f"turn {k} - turn 1: what the later turns (or samples) add, paired per problem; "
                     "95% bootstrap CIs over problems.", ""]
         rows, missing = self.contrasts_table()
         out += ["## Paired differences (B - A)", ""]
